@@ -1,0 +1,65 @@
+"""`easel generate`: one request from the command line, written to image files."""
+
+import argparse
+
+from easel.runtime.server_args import PRECISIONS
+
+
+def add_generate_parser(commands) -> None:
+    parser = commands.add_parser("generate", help="generate images from a prompt", description=__doc__)
+    parser.set_defaults(run=run_generate)
+    model = parser.add_argument_group("model and engine")
+    model.add_argument("--model-path", required=True, help="a Diffusers-format folder or a Hugging Face id")
+    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: a GPU when there is one)")
+    precisions = ["auto", *PRECISIONS]
+    for kind in ("dit", "vae", "text-encoder"):
+        model.add_argument(f"--{kind}-precision", default="auto", choices=precisions, help=f"{kind} weights dtype")
+    model.add_argument("--attention-backend", default="torch_sdpa", help="attention implementation")
+    model.add_argument("--log-level", default="warning", help="debug, info, warning or error")
+
+    request = parser.add_argument_group("request (unset values take the model's defaults)")
+    request.add_argument("--prompt", required=True, help="what to draw")
+    request.add_argument("--negative-prompt", help="what to steer away from (with --true-cfg-scale > 1 on FLUX)")
+    request.add_argument("--height", type=int, help="image height in pixels")
+    request.add_argument("--width", type=int, help="image width in pixels")
+    request.add_argument("--num-inference-steps", type=int, help="denoising steps")
+    request.add_argument("--guidance-scale", type=float, help="guidance scale (embedded guidance on FLUX.1-dev)")
+    request.add_argument("--true-cfg-scale", type=float, help="classifier-free guidance scale with a negative prompt")
+    request.add_argument("--seed", type=int, help="random seed (default 0)")
+    request.add_argument("--num-outputs-per-prompt", type=int, help="images to generate")
+    request.add_argument(
+        "--output-path",
+        default="outputs",
+        help="a file name (an _N suffix is added for several images) or a folder for generated names "
+        "(default: outputs/)",
+    )
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from easel import DiffGenerator  # imported here so that --help answers without loading torch
+
+    generator = DiffGenerator.from_pretrained(
+        args.model_path,
+        device=args.device,
+        dit_precision=args.dit_precision,
+        vae_precision=args.vae_precision,
+        text_encoder_precision=args.text_encoder_precision,
+        attention_backend=args.attention_backend,
+        log_level=args.log_level,
+    )
+    result = generator.generate(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        true_cfg_scale=args.true_cfg_scale,
+        seed=args.seed,
+        num_outputs_per_prompt=args.num_outputs_per_prompt,
+        output_path=args.output_path,
+    )
+    width, height = result.images[0].size
+    stages = ", ".join(f"{name.removesuffix('Stage')} {secs:.2f}s" for name, secs in result.timings.items())
+    print(f"wrote {', '.join(map(str, result.paths))} ({width}x{height}); seconds: {stages}")
+    return 0

@@ -1,0 +1,32 @@
+"""`easel` command line: `easel generate ...` (and `python -m easel ...`)."""
+
+import argparse
+import logging
+import sys
+
+from easel.cli.generate import add_generate_parser
+from easel.errors import EaselError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="easel", description="Easel: diffusion inference and serving.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_generate_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except EaselError as error:
+        print(f"easel: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("easel: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

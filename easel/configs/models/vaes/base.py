@@ -1,0 +1,20 @@
+"""The base config of every VAE."""
+
+import dataclasses
+
+from easel.configs.models.base import ModelConfig
+
+
+@dataclasses.dataclass
+class VAEConfig(ModelConfig):
+    """What the pipeline needs to know of a VAE: its geometry and the latent normalization."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    latent_channels: int = 4
+    scaling_factor: float = 1.0
+    shift_factor: float | None = None
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent along each side: every down block but the last halves the image."""
+        return 2 ** (len(self.block_out_channels) - 1)

@@ -1,0 +1,97 @@
+"""`PipelineConfig`: a model's static settings and the callbacks the standard stages call into.
+
+The standard stages (`DenoisingStage`, `DecodingStage`, ...) stay model-agnostic: whatever differs between
+models (what the DiT's forward takes, how latents are laid out, how they are normalized) is a callback here.
+"""
+
+import dataclasses
+import enum
+from typing import Any
+
+import torch
+
+from easel.configs.models.dits.base import DiTConfig
+from easel.configs.models.encoders.base import TextEncoderConfig
+from easel.configs.models.vaes.base import VAEConfig
+from easel.runtime.pipelines_core.schedule_batch import Req
+
+
+class ModelTaskType(enum.Enum):
+    """What a pipeline makes from what."""
+
+    T2I = "text-to-image"
+    I2I = "image-to-image"
+    TI2I = "text+image-to-image"
+    T2V = "text-to-video"
+    I2V = "image-to-video"
+    TI2V = "text+image-to-video"
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """Static configuration of one model family's pipeline."""
+
+    task_type: ModelTaskType = ModelTaskType.T2I
+    dit_config: DiTConfig = dataclasses.field(default_factory=DiTConfig)
+    vae_config: VAEConfig = dataclasses.field(default_factory=VAEConfig)
+    text_encoder_configs: tuple[TextEncoderConfig, ...] = ()
+    # True when the DiT takes `guidance_scale` through a guidance embedding (guidance-distilled models such as
+    # FLUX.1-dev); real classifier-free guidance then runs only with a negative prompt and `true_cfg_scale` > 1.
+    should_use_guidance: bool = False
+    max_resolution: int = 4096
+
+    # --- guidance -------------------------------------------------------------------------------------------
+    def cfg_scale(self, batch: Req) -> float | None:
+        """The classifier-free guidance scale of this request, or None when it runs without CFG."""
+        if self.should_use_guidance:
+            wants_true_cfg = batch.negative_prompt is not None and batch.true_cfg_scale > 1.0
+            return batch.true_cfg_scale if wants_true_cfg else None
+        return batch.guidance_scale if batch.guidance_scale > 1.0 else None
+
+    # --- latents --------------------------------------------------------------------------------------------
+    def pixel_multiple(self) -> int:
+        """Height and width must be multiples of this."""
+        return self.vae_config.spatial_compression
+
+    def prepare_latent_shape(self, batch: Req) -> tuple[int, ...]:
+        """Shape of the initial noise, before any packing."""
+        scale = self.vae_config.spatial_compression
+        return (
+            batch.batch_size,
+            self.vae_config.latent_channels,
+            batch.height // scale,
+            batch.width // scale,
+        )
+
+    def pack_latents(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
+        """The layout the DiT takes; identity unless the model packs patches into tokens."""
+        return latents
+
+    def unpack_latents(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
+        """Back to the VAE's (B, C, H, W) layout; the inverse of `pack_latents`."""
+        return latents
+
+    # --- denoising ------------------------------------------------------------------------------------------
+    def get_freqs_cis(self, batch: Req, device: torch.device, rotary_emb: Any, dtype: torch.dtype) -> Any:
+        """Rotary position embeddings for the DiT, computed once per request; None for models without them."""
+        return None
+
+    def prepare_pos_cond_kwargs(self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, **kwargs):
+        """The DiT's forward kwargs for the conditional (positive-prompt) pass of one step."""
+        raise NotImplementedError(f"{type(self).__name__} must say what its DiT's forward takes")
+
+    def prepare_neg_cond_kwargs(self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, **kwargs):
+        """The DiT's forward kwargs for the unconditional (negative-prompt) pass of one step."""
+        raise NotImplementedError(f"{type(self).__name__} must say what its DiT's forward takes")
+
+    # --- decoding -------------------------------------------------------------------------------------------
+    def get_decode_scale_and_shift(self) -> tuple[float, float | None]:
+        """(scale, shift) such that the VAE decodes `latents / scale + shift`."""
+        return self.vae_config.scaling_factor, self.vae_config.shift_factor
+
+
+@dataclasses.dataclass
+class ImagePipelineConfig(PipelineConfig):
+    """A pipeline that makes still images."""
+
+    task_type: ModelTaskType = ModelTaskType.T2I

@@ -1,0 +1,114 @@
+"""Which models Easel supports: pipeline classes (found by their `EntryClass`), DiTs, and per-family configs.
+
+A model folder resolves to its pipeline class by `_class_name` in `model_index.json`, and to its family's
+`SamplingParams` and `PipelineConfig` by Hugging Face id, by folder name, or by a family's detector.
+"""
+
+import dataclasses
+import functools
+import importlib
+import pkgutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from easel.configs.pipeline_configs.base import PipelineConfig
+from easel.configs.pipeline_configs.flux import FluxPipelineConfig
+from easel.configs.sample.base import SamplingParams
+from easel.configs.sample.flux import FluxSamplingParams, FluxSchnellSamplingParams
+from easel.errors import ModelLoadError
+
+# A detector recognizes a family from a folder's model_index.json when neither its id nor its name does.
+ModelDetector = Callable[[dict[str, Any]], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """The configs shared by the checkpoints of one model family."""
+
+    name: str
+    sampling_param_cls: type[SamplingParams]
+    pipeline_config_cls: type[PipelineConfig]
+    hf_model_paths: tuple[str, ...]
+    model_detectors: tuple[ModelDetector, ...] = ()
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_configs(
+    model_family: str,
+    sampling_param_cls: type[SamplingParams],
+    pipeline_config_cls: type[PipelineConfig],
+    hf_model_paths: list[str],
+    model_detectors: list[ModelDetector] = (),
+) -> None:
+    """Declares a model family; the first family whose detector fires is the default for unnamed folders."""
+    _FAMILIES[model_family] = ModelFamily(
+        model_family, sampling_param_cls, pipeline_config_cls, tuple(hf_model_paths), tuple(model_detectors)
+    )
+
+
+def _entry_classes(package_name: str) -> list[type]:
+    """Every class named by an `EntryClass` (a class or a list of them) in the package's modules."""
+    package = importlib.import_module(package_name)
+    found = []
+    for module_info in pkgutil.iter_modules(package.__path__):
+        entry = getattr(importlib.import_module(f"{package_name}.{module_info.name}"), "EntryClass", None)
+        if entry is not None:
+            found.extend(entry if isinstance(entry, list | tuple) else [entry])
+    return found
+
+
+@functools.cache
+def pipeline_classes() -> dict[str, type]:
+    """Pipeline classes by `pipeline_name`, discovered under easel/runtime/pipelines/."""
+    return {cls.pipeline_name: cls for cls in _entry_classes("easel.runtime.pipelines")}
+
+
+@functools.cache
+def dit_classes() -> dict[str, type]:
+    """Our DiTs by the Diffusers class name they load, discovered under easel/runtime/models/dits/."""
+    return {cls.__name__: cls for cls in _entry_classes("easel.runtime.models.dits")}
+
+
+def supported_models() -> str:
+    """One line listing the supported pipelines and Hugging Face ids, for error messages."""
+    ids = [hf_id for family in _FAMILIES.values() for hf_id in family.hf_model_paths]
+    return f"pipelines {', '.join(sorted(pipeline_classes()))}; models {', '.join(ids)}"
+
+
+def resolve_pipeline_class(index: dict[str, Any]) -> type:
+    class_name = index["_class_name"]
+    if class_name not in pipeline_classes():
+        raise ModelLoadError(f"Easel does not support {class_name}; it supports {supported_models()}")
+    return pipeline_classes()[class_name]
+
+
+def resolve_model_family(folder: Path, index: dict[str, Any], hf_id: str | None = None) -> ModelFamily:
+    """The family of a model folder: by Hugging Face id, then folder name, then detectors."""
+    for family in _FAMILIES.values():
+        if hf_id in family.hf_model_paths:
+            return family
+    for family in _FAMILIES.values():
+        if folder.name.lower() in (path.split("/")[-1].lower() for path in family.hf_model_paths):
+            return family
+    for family in _FAMILIES.values():
+        if any(detect(index) for detect in family.model_detectors):
+            return family
+    raise ModelLoadError(f"no model family matches {folder}; Easel supports {supported_models()}")
+
+
+register_configs(
+    model_family="flux",
+    sampling_param_cls=FluxSamplingParams,
+    pipeline_config_cls=FluxPipelineConfig,
+    hf_model_paths=["black-forest-labs/FLUX.1-dev"],
+    model_detectors=[lambda index: index["_class_name"] == "FluxPipeline"],
+)
+register_configs(
+    model_family="flux-schnell",
+    sampling_param_cls=FluxSchnellSamplingParams,
+    pipeline_config_cls=FluxPipelineConfig,
+    hf_model_paths=["black-forest-labs/FLUX.1-schnell"],
+)

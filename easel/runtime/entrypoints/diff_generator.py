@@ -1,0 +1,70 @@
+"""`DiffGenerator`: the Python API. Load a model once, then generate as often as you like."""
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from easel.errors import InvalidInputError
+from easel.registry import ModelFamily
+from easel.runtime.loader.pipeline_loader import load_pipeline
+from easel.runtime.outputs import check_writable, plan_output_paths, save_images, to_numpy, to_pil
+from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
+from easel.runtime.pipelines_core.schedule_batch import Req
+from easel.runtime.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """What `generate` returns: the images in the asked-for type, seconds per stage, and any files written."""
+
+    images: Any  # list of PIL images ("pil"), a (N, H, W, 3) float array ("np"), or packed latents ("latent")
+    timings: dict[str, float]
+    paths: list[Path] = dataclasses.field(default_factory=list)
+
+
+class DiffGenerator:
+    """A loaded pipeline plus its family's sampling defaults."""
+
+    def __init__(self, pipeline: ComposedPipelineBase, family: ModelFamily, server_args: ServerArgs):
+        self.pipeline = pipeline
+        self.family = family
+        self.server_args = server_args
+
+    @classmethod
+    def from_pretrained(cls, model_path: str, **server_args: Any) -> "DiffGenerator":
+        """Loads a Diffusers-format folder (or a Hugging Face id); keyword arguments are `ServerArgs` fields."""
+        known = {field.name for field in dataclasses.fields(ServerArgs)} - {"model_path", "pipeline_config"}
+        if unknown := sorted(set(server_args) - known):
+            raise InvalidInputError(f"unknown engine option(s) {unknown}; known: {sorted(known)}")
+        args = ServerArgs(model_path=str(model_path), **server_args)
+        start = time.perf_counter()
+        pipeline, family = load_pipeline(args)
+        logger.info("loaded %s (%s) in %.1f s", model_path, family.name, time.perf_counter() - start)
+        return cls(pipeline, family, args)
+
+    def generate(self, prompt: str | list[str] | None = None, **sampling_params: Any) -> GenerationResult:
+        """Generates images for `prompt`; other keyword arguments are `SamplingParams` fields."""
+        params = self.family.sampling_param_cls().updated(prompt=prompt, **sampling_params)
+        paths: list[Path] = []
+        if params.output_path is not None:
+            if params.output_type == "latent":
+                raise InvalidInputError("latents cannot be saved as images: drop output_path or output_type")
+            prompts = [params.prompt] if isinstance(params.prompt, str) else params.prompt
+            count = len(prompts) * params.num_outputs_per_prompt
+            paths = plan_output_paths(params.output_path, count, prompts[0], params.seed, params.output_format)
+            check_writable(paths)
+
+        start = time.perf_counter()
+        batch = self.pipeline.forward(Req.from_sampling_params(params), self.server_args)
+        timings = {**batch.timings, "total": time.perf_counter() - start}
+
+        if params.output_type == "latent":
+            return GenerationResult(batch.output, timings)
+        images = to_pil(batch.output)
+        if paths:
+            save_images(images, paths)
+        return GenerationResult(images if params.output_type == "pil" else to_numpy(batch.output), timings, paths)

@@ -1,0 +1,24 @@
+"""The layer library every Easel DiT is written against; fused kernels and parallelism land here."""
+
+from easel.runtime.layers.attention import attention, available_attention_backends, set_attention_backend
+from easel.runtime.layers.embeddings import MLPEmbedder, timestep_embedding
+from easel.runtime.layers.layernorm import LayerNormScaleShift, RMSNorm, RMSNormScaleShift, apply_qk_norm
+from easel.runtime.layers.linear import ColumnParallelLinear, RowParallelLinear
+from easel.runtime.layers.rotary import apply_rotary_emb, multi_axis_rope_frequencies, rope_frequencies
+
+__all__ = [
+    "ColumnParallelLinear",
+    "LayerNormScaleShift",
+    "MLPEmbedder",
+    "RMSNorm",
+    "RMSNormScaleShift",
+    "RowParallelLinear",
+    "apply_qk_norm",
+    "apply_rotary_emb",
+    "attention",
+    "available_attention_backends",
+    "multi_axis_rope_frequencies",
+    "rope_frequencies",
+    "set_attention_backend",
+    "timestep_embedding",
+]

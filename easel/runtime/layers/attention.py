@@ -1,0 +1,41 @@
+"""Attention behind a backend dispatcher: every DiT calls one function, whatever kernel runs it."""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from easel.errors import EaselError
+
+AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _torch_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """PyTorch's fused scaled-dot-product attention; it wants heads before the sequence."""
+    query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, H, L, D)
+    out = F.scaled_dot_product_attention(query, key, value)
+    return out.transpose(1, 2)  # (B, L, H, D)
+
+
+# This registry is the seam where flash-attn kernels and sequence parallelism (Ulysses / ring) plug in.
+_BACKENDS: dict[str, AttentionBackend] = {"torch_sdpa": _torch_sdpa}
+_active_backend = "torch_sdpa"
+
+
+def available_attention_backends() -> list[str]:
+    """The names `set_attention_backend` accepts."""
+    return sorted(_BACKENDS)
+
+
+def set_attention_backend(name: str) -> None:
+    """Selects the backend every later `attention` call in this process uses."""
+    global _active_backend
+    if name not in _BACKENDS:
+        available = ", ".join(available_attention_backends())
+        raise EaselError(f"Unknown attention backend {name!r}; available: {available}.")
+    _active_backend = name
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Full (unmasked) softmax attention over (B, L, H, D) tensors, returning (B, L, H, D)."""
+    return _BACKENDS[_active_backend](query, key, value)

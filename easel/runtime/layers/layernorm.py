@@ -1,0 +1,56 @@
+"""Normalization layers: RMSNorm for qk-norm and the parameter-free LayerNorm that adaLN modulates."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """RMS normalization over the last dimension with a learned scale; numerically torch.nn.RMSNorm."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # F.rms_norm is what torch.nn.RMSNorm (and so Diffusers' FLUX qk-norm) runs; for half-precision
+        # inputs it normalizes and applies the weight in float32, then rounds once to x's dtype.
+        return F.rms_norm(x, (self.dim,), self.weight, self.eps)
+
+
+class LayerNormScaleShift(nn.Module):
+    """LayerNorm without affine weights, then the adaLN modulation `x * (1 + scale) + shift`."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        # x is (B, L, D); shift and scale are (B, D), one vector per sample shared by all its tokens.
+        x = F.layer_norm(x, (self.dim,), eps=self.eps)
+        return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class RMSNormScaleShift(nn.Module):
+    """RMSNorm (with its learned scale), then the adaLN modulation `x * (1 + scale) + shift`."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        # x is (B, L, D); shift and scale are (B, D), one vector per sample shared by all its tokens.
+        x = F.rms_norm(x, (self.dim,), self.weight, self.eps)
+        return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def apply_qk_norm(
+    query: torch.Tensor, key: torch.Tensor, query_norm: nn.Module, key_norm: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalizes each head of query and key, (B, L, H, D), over D; keeps attention logits bounded."""
+    return query_norm(query), key_norm(key)

@@ -1,0 +1,51 @@
+"""Rotary position embeddings in FLUX's interleaved-pair layout: channels (2i, 2i+1) rotate together."""
+
+from collections.abc import Sequence
+
+import torch
+
+# Devices without float64 kernels; there the angles are computed in float32.
+_NO_FLOAT64_DEVICES = frozenset({"mps", "npu", "neuron"})
+
+
+def rope_frequencies(
+    dim: int, positions: torch.Tensor, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (L, dim) float32, of positions (L,) times dim/2 frequencies, each repeated twice."""
+    if dim % 2:
+        raise ValueError(f"rotary dimension must be even, got {dim}")
+    # Large positions times high frequencies lose angle precision in float32, so compute in float64 (as the
+    # reference FLUX code does) and round only the final cos/sin.
+    dtype = torch.float32 if positions.device.type in _NO_FLOAT64_DEVICES else torch.float64
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, dim, 2, dtype=dtype, device=positions.device) / dim)
+    )  # (dim/2,)
+    angles = torch.outer(positions, inv_freq)  # (L, dim/2)
+    cos = angles.cos().repeat_interleave(2, dim=1).float()  # (L, dim)
+    sin = angles.sin().repeat_interleave(2, dim=1).float()  # (L, dim)
+    return cos, sin
+
+
+def multi_axis_rope_frequencies(
+    position_ids: torch.Tensor, axes_dims: Sequence[int], theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (L, sum(axes_dims)), of position ids (L, n_axes): one band per axis, concatenated."""
+    if position_ids.shape[-1] != len(axes_dims):
+        raise ValueError(
+            f"position ids have {position_ids.shape[-1]} axes but axes_dims has {len(axes_dims)}"
+        )
+    positions = position_ids.float()
+    bands = [rope_frequencies(dim, positions[:, axis], theta) for axis, dim in enumerate(axes_dims)]
+    cos = torch.cat([cos for cos, _ in bands], dim=-1)
+    sin = torch.cat([sin for _, sin in bands], dim=-1)
+    return cos, sin
+
+
+def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates each channel pair (2i, 2i+1) of x (B, L, H, D) by the angle whose cos/sin (L, D) are given."""
+    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, H, D/2) each
+    # The pair (real, imag) times e^{i angle} is x * cos + (-imag, real) * sin, cos/sin repeated per pair.
+    rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # (B, L, H, D)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # broadcast over batch and heads
+    # In float32 so half-precision queries and keys are rotated without extra rounding.
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)

@@ -1,0 +1,93 @@
+"""Loading the components `model_index.json` lists: our own DiTs, and the rest from transformers / diffusers."""
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from easel.errors import EaselError, ModelLoadError
+from easel.runtime.loader.weights import load_state_dict
+from easel.runtime.server_args import ServerArgs
+
+LIBRARIES = ("diffusers", "transformers")
+
+
+def read_model_index(folder: Path) -> dict[str, Any]:
+    """The parsed `model_index.json`, checked to name a pipeline class."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{folder / 'model_index.json'} is not valid JSON: {error}") from None
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
+        raise ModelLoadError(f"{folder / 'model_index.json'} names no pipeline in '_class_name'")
+    return index
+
+
+def load_pipeline_modules(
+    folder: Path, index: dict[str, Any], required: list[str], server_args: ServerArgs
+) -> dict[str, Any]:
+    """Loads every required module; the DiT and VAE configs found on disk replace the pipeline config's defaults."""
+    absent = [name for name in required if not isinstance(index.get(name), list) or index[name][0] is None]
+    if absent:
+        raise ModelLoadError(
+            f"{folder / 'model_index.json'} lists no {', '.join(absent)}, which {index['_class_name']} needs"
+        )
+    modules = {name: load_component(name, *index[name], folder / name, server_args) for name in required}
+    config = server_args.pipeline_config
+    if "transformer" in modules:
+        config.dit_config = modules["transformer"].config
+    if "vae" in modules:
+        config.vae_config = type(config.vae_config).from_dict(dict(modules["vae"].config))
+    return modules
+
+
+def load_component(name: str, library: str, class_name: str, folder: Path, server_args: ServerArgs) -> Any:
+    """One component: ours if Easel has its own implementation of `class_name`, else the library's."""
+    from easel.registry import dit_classes
+
+    if not folder.is_dir():
+        raise ModelLoadError(f"component folder {folder} is missing")
+    is_dit = name.startswith("transformer")
+    if is_dit and class_name not in dit_classes():
+        raise ModelLoadError(f"Easel has no DiT for {class_name}; it has {', '.join(sorted(dit_classes()))}")
+    try:
+        if is_dit:
+            return load_dit(dit_classes()[class_name], folder, server_args)
+        return _load_from_library(name, library, class_name, folder, server_args)
+    except EaselError:
+        raise
+    except Exception as error:
+        raise ModelLoadError(f"could not load {name} ({class_name}) from {folder}: {error}") from None
+
+
+def load_dit(dit_cls: type[torch.nn.Module], folder: Path, server_args: ServerArgs) -> torch.nn.Module:
+    """Builds our DiT on the meta device (no memory, no init) and loads the checkpoint's tensors into it as they are."""
+    config_cls = type(server_args.pipeline_config.dit_config)
+    config = config_cls.from_dict(json.loads((folder / "config.json").read_text()))
+    device = server_args.torch_device
+    with torch.device("meta"):
+        model = dit_cls(config)
+    state_dict = load_state_dict(folder, device)
+    result = model.load_state_dict(state_dict, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(
+            f"{folder} does not fit {dit_cls.__name__} with its config.json: "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return model.to(server_args.dtype_for("dit")).eval().requires_grad_(False)
+
+
+def _load_from_library(name: str, library: str, class_name: str, folder: Path, server_args: ServerArgs) -> Any:
+    if library not in LIBRARIES:
+        raise ModelLoadError(f"{name} comes from {library!r}; Easel loads components from {LIBRARIES}")
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if cls is None:
+        raise ModelLoadError(f"{library} has no class {class_name} (named for {name} in model_index.json)")
+    if not issubclass(cls, torch.nn.Module):  # tokenizers, schedulers, processors
+        return cls.from_pretrained(folder)
+    dtype = server_args.dtype_for("vae" if name == "vae" else "text_encoder")
+    dtype_kwarg = "torch_dtype" if library == "diffusers" else "dtype"
+    model = cls.from_pretrained(folder, **{dtype_kwarg: dtype})
+    return model.to(server_args.torch_device).eval().requires_grad_(False)

@@ -1,0 +1,354 @@
+"""FLUX.1, the rectified-flow MMDiT of Black Forest Labs, written against Easel's layer library.
+
+Text and image tokens first run through double-stream blocks (separate weights per stream, one joint
+attention), then through single-stream blocks over the concatenated sequence (attention and MLP in parallel).
+Every block is modulated (adaLN) by one conditioning vector built from the timestep, the guidance scale and
+the pooled text embedding. Module names mirror the keys of Diffusers' `FluxTransformer2DModel` checkpoints, so
+those load with `load_state_dict(strict=True)`; nothing is kept in buffers, so a model built on the meta
+device is complete once its checkpoint is assigned.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from easel.configs.models.dits.flux import FluxDitConfig
+from easel.runtime.layers import (
+    ColumnParallelLinear,
+    LayerNormScaleShift,
+    MLPEmbedder,
+    RMSNorm,
+    RowParallelLinear,
+    apply_qk_norm,
+    apply_rotary_emb,
+    attention,
+    multi_axis_rope_frequencies,
+    timestep_embedding,
+)
+
+# The sinusoid width the timestep and guidance embedders start from (fixed by the FLUX checkpoints).
+TIMESTEP_SINUSOID_DIM = 256
+ROPE_THETA = 10000.0
+FP16_MAX = 65504.0
+
+FreqsCis = tuple[torch.Tensor, torch.Tensor]
+
+
+def _clip_fp16(x: torch.Tensor) -> torch.Tensor:
+    """Clips the residual stream to fp16's range, as Diffusers does: FLUX activations can overflow fp16."""
+    return x.clip(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x
+
+
+#################################################################################
+#                     Conditioning: timestep, guidance, text                    #
+#################################################################################
+
+
+class FluxRotaryEmbedding(nn.Module):
+    """Maps position ids (L, 3) = (index, row, column), zeros for text, to (cos, sin), each (L, head_dim)."""
+
+    def __init__(self, axes_dims: tuple[int, ...], theta: float = ROPE_THETA):
+        super().__init__()
+        self.axes_dims = tuple(axes_dims)
+        self.theta = theta
+
+    def forward(self, position_ids: torch.Tensor) -> FreqsCis:
+        return multi_axis_rope_frequencies(position_ids, self.axes_dims, self.theta)
+
+
+class TimeTextEmbedding(nn.Module):
+    """The conditioning vector: MLP(sinusoid(t)) [+ MLP(sinusoid(guidance))] + MLP(pooled text embedding)."""
+
+    def __init__(self, dim: int, pooled_projection_dim: int, guidance_embeds: bool):
+        super().__init__()
+        self.timestep_embedder = MLPEmbedder(TIMESTEP_SINUSOID_DIM, dim)
+        # Guidance-distilled checkpoints (FLUX.1-dev) take the guidance scale as input instead of running CFG.
+        self.guidance_embedder = MLPEmbedder(TIMESTEP_SINUSOID_DIM, dim) if guidance_embeds else None
+        self.text_embedder = MLPEmbedder(pooled_projection_dim, dim)
+
+    def forward(
+        self, timestep: torch.Tensor, guidance: torch.Tensor | None, pooled_projections: torch.Tensor
+    ) -> torch.Tensor:
+        # The sinusoid is float32; cast it to the weights' dtype (the pooled embedding's) before the MLP.
+        dtype = pooled_projections.dtype
+        cond = self.timestep_embedder(timestep_embedding(timestep, TIMESTEP_SINUSOID_DIM).to(dtype))  # (B, D)
+        if self.guidance_embedder is not None:
+            cond = cond + self.guidance_embedder(
+                timestep_embedding(guidance, TIMESTEP_SINUSOID_DIM).to(dtype)
+            )
+        return cond + self.text_embedder(pooled_projections)
+
+
+#################################################################################
+#                              Block building pieces                            #
+#################################################################################
+
+
+class AdaLNZero(nn.Module):
+    """adaLN-Zero: modulates a LayerNorm with the conditioning and hands back the block's other vectors."""
+
+    def __init__(self, dim: int, num_vectors: int):
+        super().__init__()
+        self.num_vectors = num_vectors
+        self.linear = nn.Linear(dim, num_vectors * dim)
+        self.norm = LayerNormScaleShift(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # One (B, D) vector per chunk; the first two modulate this norm, the rest (gates, the MLP's
+        # shift/scale) are the caller's.
+        shift, scale, *rest = self.linear(F.silu(cond)).chunk(self.num_vectors, dim=1)
+        return self.norm(x, shift, scale), rest
+
+
+class JointAttention(nn.Module):
+    """Attention over text + image tokens with qk-norm and rotary embeddings; separate weights per stream."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, with_context_stream: bool):
+        super().__init__()
+        self.head_dim = head_dim
+        inner_dim = num_heads * head_dim
+        # Registration order follows Diffusers' so state-dict keys come out in the same order.
+        self.norm_q = RMSNorm(head_dim, eps=1e-6)
+        self.norm_k = RMSNorm(head_dim, eps=1e-6)
+        self.to_q = ColumnParallelLinear(dim, inner_dim)
+        self.to_k = ColumnParallelLinear(dim, inner_dim)
+        self.to_v = ColumnParallelLinear(dim, inner_dim)
+        if with_context_stream:
+            # A list so the key is `to_out.0`, as in Diffusers' checkpoints (its index 1 is a no-op dropout).
+            self.to_out = nn.ModuleList([RowParallelLinear(inner_dim, dim)])
+            # Double-stream blocks: the text tokens get their own projections, norms and output layer.
+            self.norm_added_q = RMSNorm(head_dim, eps=1e-6)
+            self.norm_added_k = RMSNorm(head_dim, eps=1e-6)
+            self.add_q_proj = ColumnParallelLinear(dim, inner_dim)
+            self.add_k_proj = ColumnParallelLinear(dim, inner_dim)
+            self.add_v_proj = ColumnParallelLinear(dim, inner_dim)
+            self.to_add_out = RowParallelLinear(inner_dim, dim)
+
+    def _qkv(
+        self,
+        x: torch.Tensor,
+        to_q: nn.Module,
+        to_k: nn.Module,
+        to_v: nn.Module,
+        q_norm: nn.Module,
+        k_norm: nn.Module,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projects x (B, L, D) to per-head query, key, value (B, L, H, head_dim), with qk-norm applied."""
+        split = (-1, self.head_dim)  # the head count follows from the width, which TP will shard
+        query, key = apply_qk_norm(to_q(x).unflatten(-1, split), to_k(x).unflatten(-1, split), q_norm, k_norm)
+        return query, key, to_v(x).unflatten(-1, split)
+
+    def forward(
+        self, x: torch.Tensor, freqs_cis: FreqsCis, context: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Single-stream: x is the whole (B, T + L, D) sequence; returns the (B, T + L, inner) attention.
+        Double-stream: x is the (B, L, D) image, context the (B, T, D) text; returns both projected outputs.
+        """
+        query, key, value = self._qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+        if context is not None:
+            context_qkv = self._qkv(
+                context,
+                self.add_q_proj,
+                self.add_k_proj,
+                self.add_v_proj,
+                self.norm_added_q,
+                self.norm_added_k,
+            )
+            # Text tokens first, matching the order of freqs_cis.
+            query, key, value = (
+                torch.cat([c, s], dim=1) for c, s in zip(context_qkv, (query, key, value), strict=True)
+            )
+
+        cos, sin = freqs_cis
+        query, key = apply_rotary_emb(query, cos, sin), apply_rotary_emb(key, cos, sin)
+        out = attention(query, key, value).flatten(2)  # (B, T + L, inner)
+        if context is None:
+            return out
+
+        context_out, out = out.split([context.shape[1], x.shape[1]], dim=1)
+        # The split halves are strided views; the matmul would copy them anyway, and copying them first (as
+        # Diffusers does) keeps the kernel choice, and so bf16 results, identical to Diffusers'.
+        return self.to_out[0](out.contiguous()), self.to_add_out(context_out.contiguous())
+
+
+class TanhGELUProjection(nn.Module):
+    """A linear layer followed by the tanh-approximated GELU."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.proj = ColumnParallelLinear(dim, hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    """The transformer MLP: dim -> 4 dim -> GELU -> dim."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        hidden_dim = int(dim * mlp_ratio)
+        # Index-style names mirror Diffusers' checkpoint keys (`net.0.proj`, `net.2`); index 1 is its dropout.
+        self.net = nn.Sequential(
+            TanhGELUProjection(dim, hidden_dim), nn.Identity(), RowParallelLinear(hidden_dim, dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+#################################################################################
+#                                  FLUX blocks                                  #
+#################################################################################
+
+
+class FluxDoubleStreamBlock(nn.Module):
+    """MMDiT block: image and text streams with their own weights, mixed only by a joint attention."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.norm1 = AdaLNZero(dim, num_vectors=6)
+        self.norm1_context = AdaLNZero(dim, num_vectors=6)
+        self.attn = JointAttention(dim, num_heads, head_dim, with_context_stream=True)
+        self.norm2 = LayerNormScaleShift(dim, eps=1e-6)
+        self.ff = FeedForward(dim)
+        self.norm2_context = LayerNormScaleShift(dim, eps=1e-6)
+        self.ff_context = FeedForward(dim)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, cond: torch.Tensor, freqs_cis: FreqsCis
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: image tokens (B, L, D); context: text tokens (B, T, D); cond: (B, D). Returns (x, context)."""
+        x_norm, (gate_attn, shift_mlp, scale_mlp, gate_mlp) = self.norm1(x, cond)
+        c_norm, (c_gate_attn, c_shift_mlp, c_scale_mlp, c_gate_mlp) = self.norm1_context(context, cond)
+        attn_out, context_attn_out = self.attn(x_norm, freqs_cis, context=c_norm)
+
+        # Gated residuals: the gates are (B, D), shared by all tokens of a sample.
+        x = x + gate_attn[:, None] * attn_out
+        x = x + gate_mlp[:, None] * self.ff(self.norm2(x, shift_mlp, scale_mlp))
+
+        context = context + c_gate_attn[:, None] * context_attn_out
+        context = context + c_gate_mlp[:, None] * self.ff_context(
+            self.norm2_context(context, c_shift_mlp, c_scale_mlp)
+        )
+        return x, _clip_fp16(context)
+
+
+class FluxSingleStreamBlock(nn.Module):
+    """Single-stream block over text + image tokens: attention and MLP in parallel from one modulated norm."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        mlp_hidden_dim = int(dim * mlp_ratio)
+        self.norm = AdaLNZero(dim, num_vectors=3)
+        self.proj_mlp = ColumnParallelLinear(dim, mlp_hidden_dim)
+        # One output projection for both branches; its input is [attention | MLP], two separately sharded
+        # halves under tensor parallelism.
+        self.proj_out = RowParallelLinear(dim + mlp_hidden_dim, dim)
+        self.attn = JointAttention(dim, num_heads, head_dim, with_context_stream=False)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, freqs_cis: FreqsCis) -> torch.Tensor:
+        """x: text + image tokens (B, T + L, D); cond: (B, D)."""
+        x_norm, (gate,) = self.norm(x, cond)
+        mlp_out = F.gelu(self.proj_mlp(x_norm), approximate="tanh")  # (B, T + L, 4 D)
+        attn_out = self.attn(x_norm, freqs_cis)  # (B, T + L, D)
+        x = x + gate[:, None] * self.proj_out(torch.cat([attn_out, mlp_out], dim=2))
+        return _clip_fp16(x)
+
+
+class AdaLNContinuous(nn.Module):
+    """Final adaLN: a LayerNorm modulated by the conditioning, before the output projection."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+        self.norm = LayerNormScaleShift(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # The final layer's projection is laid out (scale, shift), the reverse of the blocks' (shift, scale).
+        scale, shift = self.linear(F.silu(cond).to(x.dtype)).chunk(2, dim=1)
+        return self.norm(x, shift, scale)
+
+
+#################################################################################
+#                                 FLUX.1 model                                  #
+#################################################################################
+
+
+class FluxTransformer2DModel(nn.Module):
+    """The FLUX.1 transformer: packed latents, text embeddings and conditioning -> velocity."""
+
+    def __init__(self, config: FluxDitConfig):
+        super().__init__()
+        self.config = config
+        dim = config.num_attention_heads * config.attention_head_dim
+        heads, head_dim = config.num_attention_heads, config.attention_head_dim
+        out_channels = config.out_channels or config.in_channels
+        if sum(config.axes_dims_rope) != head_dim:
+            raise ValueError(
+                f"axes_dims_rope {config.axes_dims_rope} must sum to attention_head_dim {head_dim}"
+            )
+
+        # Parameter-free: the pipeline calls it once per request and passes (cos, sin) to every step.
+        self.rotary_emb = FluxRotaryEmbedding(config.axes_dims_rope)
+        self.time_text_embed = TimeTextEmbedding(dim, config.pooled_projection_dim, config.guidance_embeds)
+        self.context_embedder = nn.Linear(config.joint_attention_dim, dim)
+        self.x_embedder = nn.Linear(config.in_channels, dim)
+
+        self.transformer_blocks = nn.ModuleList(
+            [FluxDoubleStreamBlock(dim, heads, head_dim) for _ in range(config.num_layers)]
+        )
+        self.single_transformer_blocks = nn.ModuleList(
+            [FluxSingleStreamBlock(dim, heads, head_dim) for _ in range(config.num_single_layers)]
+        )
+
+        self.norm_out = AdaLNContinuous(dim)
+        self.proj_out = nn.Linear(dim, config.patch_size * config.patch_size * out_channels)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (all share one)."""
+        return next(self.parameters()).dtype
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        timestep: torch.Tensor,
+        freqs_cis: FreqsCis,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        hidden_states: packed latents (B, L, in_channels);
+        encoder_hidden_states: T5 embeddings (B, T, joint_attention_dim);
+        pooled_projections: CLIP pooled embedding (B, pooled_projection_dim); timestep: sigma in [0, 1], (B,);
+        freqs_cis: rotary (cos, sin) of the T text then L image positions, each (T + L, head_dim);
+        guidance: guidance scale (B,), required by guidance-distilled checkpoints and ignored by others.
+        Returns the predicted velocity (B, L, out_channels).
+        """
+        if self.config.guidance_embeds and guidance is None:
+            raise ValueError("this FLUX checkpoint is guidance-distilled and needs a guidance tensor")
+
+        x = self.x_embedder(hidden_states)  # (B, L, D)
+        # The embedders were trained on sigma * 1000; scale after casting to the model dtype, like Diffusers.
+        timestep = timestep.to(x.dtype) * 1000
+        guidance = guidance.to(x.dtype) * 1000 if self.config.guidance_embeds else None
+        cond = self.time_text_embed(timestep, guidance, pooled_projections)  # (B, D)
+        context = self.context_embedder(encoder_hidden_states)  # (B, T, D)
+
+        for block in self.transformer_blocks:
+            x, context = block(x, context, cond, freqs_cis)
+
+        # The single-stream blocks are per-token apart from attention, so concatenating once (rather than per
+        # block, as Diffusers does) gives the same result.
+        text_len = context.shape[1]
+        x = torch.cat([context, x], dim=1)  # (B, T + L, D)
+        for block in self.single_transformer_blocks:
+            x = block(x, cond, freqs_cis)
+        x = x[:, text_len:]  # (B, L, D)
+
+        return self.proj_out(self.norm_out(x, cond))  # (B, L, out_channels)
+
+
+EntryClass = FluxTransformer2DModel

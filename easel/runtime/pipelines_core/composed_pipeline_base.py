@@ -1,0 +1,86 @@
+"""`ComposedPipelineBase`: a model's pipeline as a list of stages over modules loaded from a Diffusers folder."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from easel.errors import ModelLoadError
+from easel.runtime.loader.component_loader import load_pipeline_modules, read_model_index
+from easel.runtime.pipelines_core.schedule_batch import Req
+from easel.runtime.pipelines_core.stages import (
+    DecodingStage,
+    DenoisingStage,
+    InputValidationStage,
+    LatentPreparationStage,
+    PipelineStage,
+    TextEncodingStage,
+    TimestepPreparationStage,
+)
+from easel.runtime.pipelines_core.stages.timestep_preparation import TimestepKwargsFn
+from easel.runtime.server_args import ServerArgs
+
+
+class ComposedPipelineBase:
+    """Loads the modules a model needs, wires its stages, and runs a request through them."""
+
+    pipeline_name: str = ""  # equals `_class_name` in model_index.json
+    _required_config_modules: list[str] = []
+
+    def __init__(self, model_path: str | Path, server_args: ServerArgs, modules: dict[str, Any] | None = None):
+        self.model_path = Path(model_path)
+        self.server_args = server_args
+        self.modules = self.load_modules(server_args) if modules is None else modules
+        self.stages: list[PipelineStage] = []
+        self.create_pipeline_stages(server_args)
+
+    def load_modules(self, server_args: ServerArgs) -> dict[str, Any]:
+        index = read_model_index(self.model_path)
+        return load_pipeline_modules(self.model_path, index, self._required_config_modules, server_args)
+
+    def get_module(self, name: str) -> Any:
+        if name not in self.modules:
+            raise ModelLoadError(f"{self.pipeline_name} has no module {name!r}; it has {sorted(self.modules)}")
+        return self.modules[name]
+
+    def create_pipeline_stages(self, server_args: ServerArgs) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must add its stages")
+
+    def add_stage(self, stage: PipelineStage) -> None:
+        self.stages.append(stage)
+
+    def forward(self, batch: Req, server_args: ServerArgs) -> Req:
+        """Runs the request through every stage, without autograd."""
+        with torch.inference_mode():
+            for stage in self.stages:
+                batch = stage(batch, server_args)
+        return batch
+
+    # --- standard compositions (the modular style) ------------------------------------------------------------
+    def add_standard_t2i_stages(self, prepare_extra_timestep_kwargs: list[TimestepKwargsFn] | tuple = ()) -> None:
+        """Text-to-image: validate, encode the prompt, schedule, draw noise, denoise, decode."""
+        self.add_stage(InputValidationStage())
+        self.add_stage(self._text_encoding_stage())
+        self.add_stage(TimestepPreparationStage(self.get_module("scheduler"), prepare_extra_timestep_kwargs))
+        self.add_stage(LatentPreparationStage())
+        self.add_stage(DenoisingStage(self.get_module("transformer"), self.get_module("scheduler")))
+        self.add_standard_decoding_stage()
+
+    def add_standard_ti2i_stages(self, prepare_extra_timestep_kwargs: list[TimestepKwargsFn] | tuple = ()) -> None:
+        """Text+image-to-image; needs ImageEncodingStage and ImageVAEEncodingStage."""
+        raise NotImplementedError("text+image-to-image stages arrive with the first image-conditioned model")
+
+    def add_standard_ti2v_stages(self, prepare_extra_timestep_kwargs: list[TimestepKwargsFn] | tuple = ()) -> None:
+        """Text+image-to-video; needs ImageEncodingStage and ImageVAEEncodingStage."""
+        raise NotImplementedError("text+image-to-video stages arrive with the first video model")
+
+    def add_standard_decoding_stage(self) -> None:
+        self.add_stage(DecodingStage(self.get_module("vae")))
+
+    def _text_encoding_stage(self) -> TextEncodingStage:
+        configs = self.server_args.pipeline_config.text_encoder_configs
+        return TextEncodingStage(
+            text_encoders=[self.get_module(cfg.text_encoder) for cfg in configs],
+            tokenizers=[self.get_module(cfg.tokenizer) for cfg in configs],
+            encoder_configs=configs,
+        )

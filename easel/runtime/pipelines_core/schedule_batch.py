@@ -1,0 +1,78 @@
+"""`Req`: the batch one request carries through the stages. Each stage reads some fields and sets others."""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from easel.configs.sample.base import SamplingParams
+
+
+@dataclasses.dataclass
+class Req:
+    """One generation request: its parameters, the intermediate tensors the stages hand on, and the outputs."""
+
+    # What was asked (from SamplingParams).
+    prompt: list[str]
+    negative_prompt: list[str] | None = None
+    guidance_scale: float = 1.0
+    true_cfg_scale: float = 1.0
+    num_inference_steps: int = 50
+    seed: int = 0
+    height: int = 1024
+    width: int = 1024
+    num_frames: int = 1
+    num_outputs_per_prompt: int = 1
+    max_sequence_length: int = 512
+    output_type: str = "pil"
+
+    # Guidance, decided by InputValidationStage from the model's PipelineConfig.
+    do_classifier_free_guidance: bool = False
+    cfg_scale: float = 1.0
+
+    # Conditioning: one tensor per text encoder, repeated for num_outputs_per_prompt.
+    prompt_embeds: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    negative_prompt_embeds: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    pooled_embeds: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    neg_pooled_embeds: list[torch.Tensor] = dataclasses.field(default_factory=list)
+
+    # The sampling state DenoisingStage runs on.
+    generator: torch.Generator | None = None
+    latents: torch.Tensor | None = None
+    raw_latent_shape: tuple[int, ...] | None = None  # before packing
+    timesteps: torch.Tensor | None = None
+    sigmas: list[float] | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # model-specific hand-overs
+
+    # Called after every denoising step with (steps done, steps in all).
+    step_callback: Callable[[int, int], None] | None = None
+
+    # Results.
+    output: torch.Tensor | None = None  # decoded pixels in 0..1, (B, C, H, W); latents for output_type="latent"
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage
+
+    @classmethod
+    def from_sampling_params(cls, params: SamplingParams) -> "Req":
+        """The batch for one request; prompts become lists so one path serves one prompt and many."""
+        prompts = [params.prompt] if isinstance(params.prompt, str) else list(params.prompt)
+        negative = params.negative_prompt
+        return cls(
+            prompt=prompts,
+            negative_prompt=None if negative is None else [negative] * len(prompts),
+            guidance_scale=params.guidance_scale,
+            true_cfg_scale=params.true_cfg_scale,
+            num_inference_steps=params.num_inference_steps,
+            seed=params.seed,
+            height=params.height,
+            width=params.width,
+            num_frames=params.num_frames,
+            num_outputs_per_prompt=params.num_outputs_per_prompt,
+            max_sequence_length=params.max_sequence_length,
+            output_type=params.output_type,
+        )
+
+    @property
+    def batch_size(self) -> int:
+        """Samples generated in all: every prompt times its number of outputs."""
+        return len(self.prompt) * self.num_outputs_per_prompt

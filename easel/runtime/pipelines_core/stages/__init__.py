@@ -1,0 +1,19 @@
+"""The standard stages every pipeline is composed of."""
+
+from easel.runtime.pipelines_core.stages.base import PipelineStage
+from easel.runtime.pipelines_core.stages.decoding import DecodingStage
+from easel.runtime.pipelines_core.stages.denoising import DenoisingStage
+from easel.runtime.pipelines_core.stages.input_validation import InputValidationStage
+from easel.runtime.pipelines_core.stages.latent_preparation import LatentPreparationStage
+from easel.runtime.pipelines_core.stages.text_encoding import TextEncodingStage
+from easel.runtime.pipelines_core.stages.timestep_preparation import TimestepPreparationStage
+
+__all__ = [
+    "DecodingStage",
+    "DenoisingStage",
+    "InputValidationStage",
+    "LatentPreparationStage",
+    "PipelineStage",
+    "TextEncodingStage",
+    "TimestepPreparationStage",
+]

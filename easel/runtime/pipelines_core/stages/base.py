@@ -1,0 +1,56 @@
+"""`PipelineStage`: one step of a pipeline, run on a `Req` batch, timed and optionally verified."""
+
+import time
+
+import torch
+
+from easel.errors import StageVerificationError
+from easel.runtime.pipelines_core.schedule_batch import Req
+from easel.runtime.server_args import ServerArgs
+
+
+def is_set(value: object) -> bool:
+    """A batch field counts as set when it is not None and, for a list or dict, not empty."""
+    if value is None:
+        return False
+    if isinstance(value, list | tuple | dict):
+        return len(value) > 0
+    return True
+
+
+class PipelineStage:
+    """A unit of work on the batch; subclasses implement `forward` and declare the fields they rely on."""
+
+    # Batch fields this stage needs set before it runs, and those it must have set when it is done.
+    input_fields: tuple[str, ...] = ()
+    output_fields: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def forward(self, batch: Req, server_args: ServerArgs) -> Req:
+        raise NotImplementedError
+
+    def verify_input(self, batch: Req, server_args: ServerArgs) -> list[str]:
+        """Names of the fields this stage needs that are unset; extend it for conditional needs."""
+        return [field for field in self.input_fields if not is_set(getattr(batch, field))]
+
+    def verify_output(self, batch: Req, server_args: ServerArgs) -> list[str]:
+        """Names of the fields this stage should have set but did not."""
+        return [field for field in self.output_fields if not is_set(getattr(batch, field))]
+
+    def __call__(self, batch: Req, server_args: ServerArgs) -> Req:
+        verify = server_args.enable_stage_verification
+        if verify and (missing := self.verify_input(batch, server_args)):
+            raise StageVerificationError(
+                f"{self.name} needs batch field(s) {', '.join(missing)}, but no earlier stage set them"
+            )
+        start = time.perf_counter()
+        batch = self.forward(batch, server_args)
+        if server_args.torch_device.type == "cuda":
+            torch.cuda.synchronize()  # kernels run asynchronously: wait so the timing is the stage's own
+        batch.timings[self.name] = time.perf_counter() - start
+        if verify and (missing := self.verify_output(batch, server_args)):
+            raise StageVerificationError(f"{self.name} left batch field(s) {', '.join(missing)} unset")
+        return batch

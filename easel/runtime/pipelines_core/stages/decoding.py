@@ -1,0 +1,32 @@
+"""`DecodingStage`: latents to pixels through the VAE, shared by every model."""
+
+import torch
+
+from easel.runtime.pipelines_core.schedule_batch import Req
+from easel.runtime.pipelines_core.stages.base import PipelineStage
+from easel.runtime.server_args import ServerArgs
+
+
+class DecodingStage(PipelineStage):
+    """Unpacks and denormalizes the latents, decodes them, and maps the pixels from [-1, 1] to [0, 1]."""
+
+    input_fields = ("latents", "raw_latent_shape")
+    output_fields = ("output",)
+
+    def __init__(self, vae: torch.nn.Module):
+        self.vae = vae
+
+    def forward(self, batch: Req, server_args: ServerArgs) -> Req:
+        if batch.output_type == "latent":
+            batch.output = batch.latents
+            return batch
+        config = server_args.pipeline_config
+        latents = config.unpack_latents(batch.latents, batch)
+        scale, shift = config.get_decode_scale_and_shift()
+        latents = latents / scale
+        if shift is not None:
+            latents = latents + shift
+        vae_param = next(self.vae.parameters())
+        image = self.vae.decode(latents.to(vae_param.device, vae_param.dtype), return_dict=False)[0]
+        batch.output = (image.float() / 2 + 0.5).clamp(0, 1)  # (B, C, H, W)
+        return batch

@@ -1,0 +1,59 @@
+"""`DenoisingStage`: the sampling loop every model shares. Model differences live in PipelineConfig callbacks."""
+
+import torch
+from tqdm.auto import tqdm
+
+from easel.runtime.pipelines_core.schedule_batch import Req
+from easel.runtime.pipelines_core.stages.base import PipelineStage
+from easel.runtime.server_args import ServerArgs
+
+EMBED_FIELDS = ("prompt_embeds", "negative_prompt_embeds", "pooled_embeds", "neg_pooled_embeds")
+
+
+class DenoisingStage(PipelineStage):
+    """Runs the DiT once per step (twice under classifier-free guidance) and lets the scheduler step."""
+
+    input_fields = (
+        "latents",
+        "timesteps",
+        "num_inference_steps",
+        "sigmas",
+        "prompt_embeds",
+        "raw_latent_shape",
+    )
+    output_fields = ("latents",)
+
+    def __init__(self, transformer: torch.nn.Module, scheduler):
+        self.transformer = transformer
+        self.scheduler = scheduler
+
+    def verify_input(self, batch: Req, server_args: ServerArgs) -> list[str]:
+        missing = super().verify_input(batch, server_args)
+        if batch.do_classifier_free_guidance and not batch.negative_prompt_embeds:
+            missing.append("negative_prompt_embeds")
+        return missing
+
+    def forward(self, batch: Req, server_args: ServerArgs) -> Req:
+        config = server_args.pipeline_config
+        dtype = next(self.transformer.parameters()).dtype
+        for field in EMBED_FIELDS:  # cast once here rather than in every step
+            setattr(batch, field, [e.to(dtype) for e in getattr(batch, field)])
+        rotary_emb = getattr(self.transformer, "rotary_emb", None)
+        freqs_cis = config.get_freqs_cis(batch, batch.latents.device, rotary_emb, dtype)
+
+        latents = batch.latents
+        total = len(batch.timesteps)
+        self.scheduler.set_begin_index(0)  # the scheduler then never searches its timesteps (a host sync)
+        for i, t in enumerate(tqdm(batch.timesteps, desc="denoising", disable=not server_args.progress_bar)):
+            model_input = latents.to(dtype)
+            noise_pred = self.transformer(**config.prepare_pos_cond_kwargs(batch, model_input, t, freqs_cis=freqs_cis))
+            if batch.do_classifier_free_guidance:
+                kwargs = config.prepare_neg_cond_kwargs(batch, model_input, t, freqs_cis=freqs_cis)
+                noise_uncond = self.transformer(**kwargs)
+                noise_pred = noise_uncond + batch.cfg_scale * (noise_pred - noise_uncond)
+            # fp32 noise keeps the latents in fp32: Diffusers' step casts its result to the prediction's dtype.
+            latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
+            if batch.step_callback is not None:
+                batch.step_callback(i + 1, total)
+        batch.latents = latents
+        return batch

@@ -1,0 +1,34 @@
+"""`TimestepPreparationStage`: the scheduler's timesteps and sigmas for this request."""
+
+from collections.abc import Callable
+from typing import Any
+
+from easel.runtime.pipelines_core.schedule_batch import Req
+from easel.runtime.pipelines_core.stages.base import PipelineStage
+from easel.runtime.server_args import ServerArgs
+
+# A model-specific hook: extra keyword arguments for `scheduler.set_timesteps` (FLUX's `mu`, custom sigmas).
+TimestepKwargsFn = Callable[[Req, Any], dict[str, Any]]
+
+
+class TimestepPreparationStage(PipelineStage):
+    """Sets the scheduler's schedule and copies it onto the batch."""
+
+    input_fields = ("num_inference_steps",)
+    output_fields = ("timesteps", "sigmas")
+
+    def __init__(self, scheduler, prepare_extra_timestep_kwargs: list[TimestepKwargsFn] | tuple = ()):
+        self.scheduler = scheduler
+        self.prepare_extra_timestep_kwargs = list(prepare_extra_timestep_kwargs)
+
+    def forward(self, batch: Req, server_args: ServerArgs) -> Req:
+        kwargs: dict[str, Any] = {}
+        for prepare in self.prepare_extra_timestep_kwargs:
+            kwargs.update(prepare(batch, self.scheduler))
+        if kwargs.get("sigmas") is None:  # a sigma schedule fixes the number of steps by itself
+            kwargs["num_inference_steps"] = batch.num_inference_steps
+        self.scheduler.set_timesteps(device=server_args.torch_device, **kwargs)
+        batch.timesteps = self.scheduler.timesteps
+        batch.sigmas = self.scheduler.sigmas.tolist()
+        batch.num_inference_steps = len(batch.timesteps)
+        return batch

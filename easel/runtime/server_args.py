@@ -1,0 +1,56 @@
+"""`ServerArgs`: how the engine runs (where the model is, on which device, in which precision)."""
+
+import dataclasses
+import logging
+
+import torch
+
+from easel.configs.pipeline_configs.base import PipelineConfig
+from easel.errors import InvalidInputError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPONENT_KINDS = ("dit", "vae", "text_encoder")
+
+
+@dataclasses.dataclass
+class ServerArgs:
+    """Engine-wide settings, fixed when the model is loaded."""
+
+    model_path: str
+    device: str = "auto"  # "auto": the first CUDA device when there is one, else the CPU
+    # "auto": bf16 for the DiT and text encoders on a GPU, fp32 for the VAE and for everything on the CPU.
+    dit_precision: str = "auto"
+    vae_precision: str = "auto"
+    text_encoder_precision: str = "auto"
+    attention_backend: str = "torch_sdpa"
+    output_dir: str = "outputs"
+    log_level: str = "warning"
+    enable_stage_verification: bool = True
+    progress_bar: bool = True
+    # The loaded model's static configuration; the loader sets it, the standard stages call its callbacks.
+    pipeline_config: PipelineConfig | None = None
+
+    def __post_init__(self) -> None:
+        for kind in COMPONENT_KINDS:
+            precision = getattr(self, f"{kind}_precision")
+            if precision != "auto" and precision not in PRECISIONS:
+                raise InvalidInputError(
+                    f"{kind}_precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}"
+                )
+        if self.log_level.upper() not in logging.getLevelNamesMapping():
+            raise InvalidInputError(f"unknown log level {self.log_level!r}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device every component runs on."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def dtype_for(self, kind: str) -> torch.dtype:
+        """The dtype of a component kind ("dit", "vae" or "text_encoder") on this device."""
+        precision = getattr(self, f"{kind}_precision")
+        if precision == "auto":
+            on_gpu = self.torch_device.type == "cuda"
+            return torch.bfloat16 if on_gpu and kind != "vae" else torch.float32
+        return PRECISIONS[precision]

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny random-weight pipelines, built once per test session into a temporary folder."""
+
+import pytest
+import torch
+
+from easel.testing import build_tiny_pipeline
+
+# Outputs move in the low bits with the thread count; pin it so that every comparison runs alike.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """`tiny_pipeline(kind)` -> the folder of that tiny pipeline, built on first use."""
+    built = {}
+
+    def get(kind: str):
+        if kind not in built:
+            built[kind] = build_tiny_pipeline(kind, tmp_path_factory.mktemp(kind) / kind)
+        return built[kind]
+
+    return get
+
+
+def pytest_generate_tests(metafunc):
+    """A test class's `cases` list parametrizes its tests that take a `case` (see tests/parity.py)."""
+    if "case" in metafunc.fixturenames and metafunc.cls is not None:
+        cases = metafunc.cls.cases
+        ids = [",".join(f"{key}={value}" for key, value in case.items()) for case in cases]
+        metafunc.parametrize("case", cases, ids=ids)

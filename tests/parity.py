@@ -1,0 +1,50 @@
+"""The shared parity tester: Easel against a Diffusers pipeline on the same tiny folder and seed.
+
+A model's test subclasses `PipelineParityMixin`, names its tiny kind and Diffusers class, and lists its cases.
+Every case also checks that the comparison can fail: changing the prompt must move the output by at least
+ten times the tolerance.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from easel import DiffGenerator
+
+TOLERANCE = 1e-4  # max abs difference of output pixels in 0..1, CPU fp32
+
+
+def reference_images(pipeline, seed: int, **kwargs) -> np.ndarray:
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return pipeline(generator=generator, output_type="np", **kwargs).images
+
+
+class PipelineParityMixin:
+    """Subclasses set `kind`, `reference_cls` and `cases`: request kwargs besides prompt and seed, one test each."""
+
+    kind: str
+    reference_cls: type
+    cases: list[dict]
+    prompt = "a red circle on a blue background"
+    other_prompt = "a small green square on the left"
+    seed = 0
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def pipelines(cls, tiny_pipeline):
+        folder = tiny_pipeline(cls.kind)
+        reference = cls.reference_cls.from_pretrained(folder)
+        reference.set_progress_bar_config(disable=True)
+        return DiffGenerator.from_pretrained(folder, progress_bar=False), reference
+
+    def test_matches_diffusers(self, pipelines, case):
+        easel, reference = pipelines
+        ours = easel.generate(self.prompt, seed=self.seed, output_type="np", **case).images
+        theirs = reference_images(reference, self.seed, prompt=self.prompt, **case)
+        assert ours.shape == theirs.shape
+        error = float(np.abs(ours - theirs).max())
+        print(f"{self.kind} {case}: max abs diff {error:.2e}")
+        assert error <= TOLERANCE
+
+        moved = easel.generate(self.other_prompt, seed=self.seed, output_type="np", **case).images
+        assert float(np.abs(moved - ours).max()) >= 10 * TOLERANCE, "the prompt barely moves the output"
