@@ -8,18 +8,14 @@ import torch
 _NO_FLOAT64_DEVICES = frozenset({"mps", "npu", "neuron"})
 
 
-def rope_frequencies(
-    dim: int, positions: torch.Tensor, theta: float = 10000.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_frequencies(dim: int, positions: torch.Tensor, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin, each (L, dim) float32, of positions (L,) times dim/2 frequencies, each repeated twice."""
     if dim % 2:
         raise ValueError(f"rotary dimension must be even, got {dim}")
     # Large positions times high frequencies lose angle precision in float32, so compute in float64 (as the
     # reference FLUX code does) and round only the final cos/sin.
     dtype = torch.float32 if positions.device.type in _NO_FLOAT64_DEVICES else torch.float64
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, dim, 2, dtype=dtype, device=positions.device) / dim)
-    )  # (dim/2,)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=dtype, device=positions.device) / dim))  # (dim/2,)
     angles = torch.outer(positions, inv_freq)  # (L, dim/2)
     cos = angles.cos().repeat_interleave(2, dim=1).float()  # (L, dim)
     sin = angles.sin().repeat_interleave(2, dim=1).float()  # (L, dim)
@@ -31,9 +27,7 @@ def multi_axis_rope_frequencies(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin, each (L, sum(axes_dims)), of position ids (L, n_axes): one band per axis, concatenated."""
     if position_ids.shape[-1] != len(axes_dims):
-        raise ValueError(
-            f"position ids have {position_ids.shape[-1]} axes but axes_dims has {len(axes_dims)}"
-        )
+        raise ValueError(f"position ids have {position_ids.shape[-1]} axes but axes_dims has {len(axes_dims)}")
     positions = position_ids.float()
     bands = [rope_frequencies(dim, positions[:, axis], theta) for axis, dim in enumerate(axes_dims)]
     cos = torch.cat([cos for cos, _ in bands], dim=-1)

@@ -88,6 +88,5 @@ def _load_from_library(name: str, library: str, class_name: str, folder: Path, s
     if not issubclass(cls, torch.nn.Module):  # tokenizers, schedulers, processors
         return cls.from_pretrained(folder)
     dtype = server_args.dtype_for("vae" if name == "vae" else "text_encoder")
-    dtype_kwarg = "torch_dtype" if library == "diffusers" else "dtype"
-    model = cls.from_pretrained(folder, **{dtype_kwarg: dtype})
+    model = cls.from_pretrained(folder, dtype=dtype)
     return model.to(server_args.torch_device).eval().requires_grad_(False)

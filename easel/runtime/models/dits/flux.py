@@ -73,9 +73,7 @@ class TimeTextEmbedding(nn.Module):
         dtype = pooled_projections.dtype
         cond = self.timestep_embedder(timestep_embedding(timestep, TIMESTEP_SINUSOID_DIM).to(dtype))  # (B, D)
         if self.guidance_embedder is not None:
-            cond = cond + self.guidance_embedder(
-                timestep_embedding(guidance, TIMESTEP_SINUSOID_DIM).to(dtype)
-            )
+            cond = cond + self.guidance_embedder(timestep_embedding(guidance, TIMESTEP_SINUSOID_DIM).to(dtype))
         return cond + self.text_embedder(pooled_projections)
 
 
@@ -189,9 +187,7 @@ class FeedForward(nn.Module):
         super().__init__()
         hidden_dim = int(dim * mlp_ratio)
         # Index-style names mirror Diffusers' checkpoint keys (`net.0.proj`, `net.2`); index 1 is its dropout.
-        self.net = nn.Sequential(
-            TanhGELUProjection(dim, hidden_dim), nn.Identity(), RowParallelLinear(hidden_dim, dim)
-        )
+        self.net = nn.Sequential(TanhGELUProjection(dim, hidden_dim), nn.Identity(), RowParallelLinear(hidden_dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -228,9 +224,7 @@ class FluxDoubleStreamBlock(nn.Module):
         x = x + gate_mlp[:, None] * self.ff(self.norm2(x, shift_mlp, scale_mlp))
 
         context = context + c_gate_attn[:, None] * context_attn_out
-        context = context + c_gate_mlp[:, None] * self.ff_context(
-            self.norm2_context(context, c_shift_mlp, c_scale_mlp)
-        )
+        context = context + c_gate_mlp[:, None] * self.ff_context(self.norm2_context(context, c_shift_mlp, c_scale_mlp))
         return x, _clip_fp16(context)
 
 
@@ -285,9 +279,7 @@ class FluxTransformer2DModel(nn.Module):
         heads, head_dim = config.num_attention_heads, config.attention_head_dim
         out_channels = config.out_channels or config.in_channels
         if sum(config.axes_dims_rope) != head_dim:
-            raise ValueError(
-                f"axes_dims_rope {config.axes_dims_rope} must sum to attention_head_dim {head_dim}"
-            )
+            raise ValueError(f"axes_dims_rope {config.axes_dims_rope} must sum to attention_head_dim {head_dim}")
 
         # Parameter-free: the pipeline calls it once per request and passes (cos, sin) to every step.
         self.rotary_emb = FluxRotaryEmbedding(config.axes_dims_rope)

@@ -1,0 +1,45 @@
+"""Tiny random-weight text encoders, configured in code (the shapes of Diffusers' own pipeline tests)."""
+
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
+TEXT_ENCODER_HIDDEN_SIZE = 32
+
+
+def build_clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    """A 5-layer CLIP text model of width 32 whose vocabulary and special ids match `tokenizer`."""
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_ENCODER_HIDDEN_SIZE,
+        intermediate_size=37,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        hidden_act="quick_gelu",
+        projection_dim=TEXT_ENCODER_HIDDEN_SIZE,
+        # The pooled output is read at the first `eos_token_id`, so it must be the tokenizer's.
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def build_t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
+    """A 2-layer T5 v1.1-style (gated GELU) encoder of width 32 whose vocabulary matches `tokenizer`."""
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=TEXT_ENCODER_HIDDEN_SIZE,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return T5EncoderModel(config).eval()

@@ -1,0 +1,82 @@
+"""The Python API's output types and the `easel generate` command's files and summary."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from easel import DiffGenerator
+from easel.cli.main import main
+from easel.errors import InvalidInputError
+
+SMALL = {"height": 32, "width": 48, "num_inference_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_pipeline):
+    return DiffGenerator.from_pretrained(tiny_pipeline("flux"), progress_bar=False)
+
+
+def test_output_types(generator):
+    pil = generator.generate("a cat", **SMALL).images
+    assert len(pil) == 1 and pil[0].size == (48, 32) and pil[0].mode == "RGB"
+    array = generator.generate("a cat", output_type="np", **SMALL).images
+    assert array.shape == (1, 32, 48, 3) and array.dtype == np.float32 and 0 <= array.min() <= array.max() <= 1
+    assert np.array_equal(np.asarray(pil[0]), (array[0] * 255).round().astype("uint8"))
+    latents = generator.generate("a cat", output_type="latent", **SMALL).images
+    assert isinstance(latents, torch.Tensor) and latents.shape == (1, 6, 64)  # (B, tokens, 16 channels x 2x2)
+
+
+def test_several_outputs_and_seeds(generator):
+    images = generator.generate("a cat", num_outputs_per_prompt=2, output_type="np", **SMALL).images
+    assert images.shape[0] == 2 and not np.array_equal(images[0], images[1])
+    again = generator.generate("a cat", num_outputs_per_prompt=2, output_type="np", **SMALL).images
+    assert np.array_equal(images, again)
+    other_seed = generator.generate("a cat", seed=1, output_type="np", **SMALL).images
+    assert not np.array_equal(images[:1], other_seed)
+
+
+def test_unknown_parameters_are_refused(generator, tiny_pipeline):
+    with pytest.raises(InvalidInputError, match="unknown sampling parameter.*steps"):
+        generator.generate("a cat", steps=3)
+    with pytest.raises(InvalidInputError, match="unknown engine option.*gpu"):
+        DiffGenerator.from_pretrained(tiny_pipeline("flux"), gpu=True)
+
+
+def test_cli_writes_a_named_file_and_a_summary(tiny_pipeline, tmp_path, capsys):
+    target = tmp_path / "cat.png"
+    args = ["generate", "--model-path", str(tiny_pipeline("flux")), "--prompt", "a cat", "--output-path", str(target)]
+    assert main([*args, "--height", "32", "--width", "48", "--num-inference-steps", "1"]) == 0
+    assert Image.open(target).size == (48, 32)
+    summary = capsys.readouterr().out.strip().splitlines()
+    assert len(summary) == 1 and str(target) in summary[0] and "Denoising" in summary[0]
+
+
+def test_cli_numbers_several_outputs_and_names_files_in_a_folder(tiny_pipeline, tmp_path):
+    base = ["generate", "--model-path", str(tiny_pipeline("flux")), "--prompt", "A cat, sitting!", "--height", "32"]
+    base += ["--width", "32", "--num-inference-steps", "1", "--seed", "7"]
+    assert main([*base, "--num-outputs-per-prompt", "2", "--output-path", str(tmp_path / "cat.png")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat_0.png", "cat_1.png"]
+    assert main([*base, "--output-path", str(tmp_path / "folder")]) == 0
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["a-cat-sitting_7.png"]
+
+
+def test_python_m_easel_prints_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "easel", "generate", "--model-path", str(tmp_path / "none"), "--prompt", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_lists_the_options():
+    result = subprocess.run([sys.executable, "-m", "easel", "generate", "--help"], capture_output=True, text=True)
+    for option in ["--model-path", "--prompt", "--negative-prompt", "--height", "--width", "--num-inference-steps"]:
+        assert option in result.stdout
+    for option in ["--guidance-scale", "--true-cfg-scale", "--seed", "--num-outputs-per-prompt", "--output-path"]:
+        assert option in result.stdout
