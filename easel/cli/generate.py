@@ -29,10 +29,10 @@ def add_generate_parser(commands) -> None:
     request.add_argument("--num-outputs-per-prompt", type=int, help="images to generate")
     request.add_argument(
         "--output-path",
-        default="outputs",
         help="a file name (an _N suffix is added for several images) or a folder for generated names "
-        "(default: outputs/)",
+        "(default: the --output-dir folder)",
     )
+    model.add_argument("--output-dir", default="outputs", help="where images go when --output-path is not given")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -45,6 +45,7 @@ def run_generate(args: argparse.Namespace) -> int:
         vae_precision=args.vae_precision,
         text_encoder_precision=args.text_encoder_precision,
         attention_backend=args.attention_backend,
+        output_dir=args.output_dir,
         log_level=args.log_level,
     )
     result = generator.generate(
@@ -57,7 +58,7 @@ def run_generate(args: argparse.Namespace) -> int:
         true_cfg_scale=args.true_cfg_scale,
         seed=args.seed,
         num_outputs_per_prompt=args.num_outputs_per_prompt,
-        output_path=args.output_path,
+        output_path=args.output_path or args.output_dir,
     )
     width, height = result.images[0].size
     stages = ", ".join(f"{name.removesuffix('Stage')} {secs:.2f}s" for name, secs in result.timings.items())

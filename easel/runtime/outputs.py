@@ -2,7 +2,6 @@
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +53,10 @@ def check_writable(paths: list[Path]) -> None:
 def save_images(images: list[Image.Image], paths: list[Path]) -> None:
     """Writes each image under a temporary name, then renames it, so no half-written file is ever left."""
     for image, path in zip(images, paths, strict=True):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
-            with os.fdopen(fd, "wb") as file:
-                image.save(file, format=IMAGE_FORMATS.get(path.suffix.lower(), "PNG"))
-            os.replace(tmp, path)
+            image.save(partial, format=IMAGE_FORMATS.get(path.suffix.lower(), "PNG"))
+            os.replace(partial, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
             raise

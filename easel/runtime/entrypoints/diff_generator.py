@@ -41,6 +41,7 @@ class DiffGenerator:
         if unknown := sorted(set(server_args) - known):
             raise InvalidInputError(f"unknown engine option(s) {unknown}; known: {sorted(known)}")
         args = ServerArgs(model_path=str(model_path), **server_args)
+        logging.getLogger("easel").setLevel(args.log_level.upper())
         start = time.perf_counter()
         pipeline, family = load_pipeline(args)
         logger.info("loaded %s (%s) in %.1f s", model_path, family.name, time.perf_counter() - start)
@@ -49,22 +50,24 @@ class DiffGenerator:
     def generate(self, prompt: str | list[str] | None = None, **sampling_params: Any) -> GenerationResult:
         """Generates images for `prompt`; other keyword arguments are `SamplingParams` fields."""
         params = self.family.sampling_param_cls().updated(prompt=prompt, **sampling_params)
+        batch = Req.from_sampling_params(params)
         paths: list[Path] = []
-        if params.output_path is not None:
+        if params.output_path is not None:  # checked before any work, so a bad path costs nothing
             if params.output_type == "latent":
                 raise InvalidInputError("latents cannot be saved as images: drop output_path or output_type")
-            prompts = [params.prompt] if isinstance(params.prompt, str) else params.prompt
-            count = len(prompts) * params.num_outputs_per_prompt
-            paths = plan_output_paths(params.output_path, count, prompts[0], params.seed, params.output_format)
+            paths = plan_output_paths(
+                params.output_path, batch.batch_size, batch.prompt[0], params.seed, params.output_format
+            )
             check_writable(paths)
 
         start = time.perf_counter()
-        batch = self.pipeline.forward(Req.from_sampling_params(params), self.server_args)
+        batch = self.pipeline.forward(batch, self.server_args)
         timings = {**batch.timings, "total": time.perf_counter() - start}
 
         if params.output_type == "latent":
             return GenerationResult(batch.output, timings)
-        images = to_pil(batch.output)
+        pil_images = to_pil(batch.output)
         if paths:
-            save_images(images, paths)
-        return GenerationResult(images if params.output_type == "pil" else to_numpy(batch.output), timings, paths)
+            save_images(pil_images, paths)
+        images = pil_images if params.output_type == "pil" else to_numpy(batch.output)
+        return GenerationResult(images, timings, paths)
