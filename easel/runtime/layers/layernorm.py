@@ -20,6 +20,11 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (self.dim,), self.weight, self.eps)
 
 
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The adaLN modulation of normalized tokens x (B, L, D) by per-sample shift and scale (B, D)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
 class LayerNormScaleShift(nn.Module):
     """LayerNorm without affine weights, then the adaLN modulation `x * (1 + scale) + shift`."""
 
@@ -29,24 +34,14 @@ class LayerNormScaleShift(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        # x is (B, L, D); shift and scale are (B, D), one vector per sample shared by all its tokens.
-        x = F.layer_norm(x, (self.dim,), eps=self.eps)
-        return x * (1 + scale[:, None]) + shift[:, None]
+        return modulate(F.layer_norm(x, (self.dim,), eps=self.eps), shift, scale)
 
 
-class RMSNormScaleShift(nn.Module):
+class RMSNormScaleShift(RMSNorm):
     """RMSNorm (with its learned scale), then the adaLN modulation `x * (1 + scale) + shift`."""
 
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.dim = dim
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        # x is (B, L, D); shift and scale are (B, D), one vector per sample shared by all its tokens.
-        x = F.rms_norm(x, (self.dim,), self.weight, self.eps)
-        return x * (1 + scale[:, None]) + shift[:, None]
+        return modulate(super().forward(x), shift, scale)
 
 
 def apply_qk_norm(

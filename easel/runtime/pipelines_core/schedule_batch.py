@@ -55,22 +55,10 @@ class Req:
     @classmethod
     def from_sampling_params(cls, params: SamplingParams) -> "Req":
         """The batch for one request; prompts become lists so one path serves one prompt and many."""
+        shared = {f.name: getattr(params, f.name) for f in dataclasses.fields(cls) if hasattr(params, f.name)}
         prompts = [params.prompt] if isinstance(params.prompt, str) else list(params.prompt)
-        negative = params.negative_prompt
-        return cls(
-            prompt=prompts,
-            negative_prompt=None if negative is None else [negative] * len(prompts),
-            guidance_scale=params.guidance_scale,
-            true_cfg_scale=params.true_cfg_scale,
-            num_inference_steps=params.num_inference_steps,
-            seed=params.seed,
-            height=params.height,
-            width=params.width,
-            num_frames=params.num_frames,
-            num_outputs_per_prompt=params.num_outputs_per_prompt,
-            max_sequence_length=params.max_sequence_length,
-            output_type=params.output_type,
-        )
+        negative = None if params.negative_prompt is None else [params.negative_prompt] * len(prompts)
+        return cls(**{**shared, "prompt": prompts, "negative_prompt": negative})
 
     @property
     def batch_size(self) -> int:
