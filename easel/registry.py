@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from easel.configs.pipeline_configs.base import PipelineConfig
-from easel.configs.pipeline_configs.flux import FluxPipelineConfig
+from easel.configs.pipeline_configs.flux import FluxKontextPipelineConfig, FluxPipelineConfig
 from easel.configs.sample.base import SamplingParams
-from easel.configs.sample.flux import FluxSamplingParams, FluxSchnellSamplingParams
+from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
 from easel.errors import ModelLoadError
 
 # A detector recognizes a family from a folder's model_index.json when neither its id nor its name does.
@@ -111,4 +111,11 @@ register_configs(
     sampling_param_cls=FluxSchnellSamplingParams,
     pipeline_config_cls=FluxPipelineConfig,
     hf_model_paths=["black-forest-labs/FLUX.1-schnell"],
+)
+register_configs(
+    model_family="flux-kontext",
+    sampling_param_cls=FluxKontextSamplingParams,
+    pipeline_config_cls=FluxKontextPipelineConfig,
+    hf_model_paths=["black-forest-labs/FLUX.1-Kontext-dev"],
+    model_detectors=[lambda index: index["_class_name"] == "FluxKontextPipeline"],
 )

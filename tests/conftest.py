@@ -26,5 +26,9 @@ def pytest_generate_tests(metafunc):
     """A test class's `cases` list parametrizes its tests that take a `case` (see tests/parity.py)."""
     if "case" in metafunc.fixturenames and metafunc.cls is not None:
         cases = metafunc.cls.cases
-        ids = [",".join(f"{key}={value}" for key, value in case.items()) for case in cases]
+        ids = [",".join(_describe(key, value) for key, value in case.items()) for case in cases]
         metafunc.parametrize("case", cases, ids=ids)
+
+
+def _describe(key: str, value) -> str:
+    return f"{key}={value}" if isinstance(value, str | int | float) else key

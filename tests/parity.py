@@ -1,17 +1,31 @@
 """The shared parity tester: Easel against a Diffusers pipeline on the same tiny folder and seed.
 
 A model's test subclasses `PipelineParityMixin`, names its tiny kind and Diffusers class, and lists its cases.
-Every case also checks that the comparison can fail: changing the prompt must move the output by at least
-ten times the tolerance.
+Every case also checks that the comparison can fail: changing the prompt (and the input image, where the case has
+one) must move the output by at least ten times the tolerance.
 """
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from easel import DiffGenerator
 
 TOLERANCE = 1e-4  # max abs difference of output pixels in 0..1, CPU fp32
+
+
+def input_image(height: int = 48, width: int = 64, seed: int = 0) -> Image.Image:
+    """A deterministic noise image: an input for image-conditioned pipelines."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def mirrored(image: Image.Image | list[Image.Image]) -> Image.Image | list[Image.Image]:
+    """The input image(s) flipped left to right: another input with the same statistics."""
+    if isinstance(image, list):
+        return [mirrored(item) for item in image]
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
 def reference_images(pipeline, seed: int, **kwargs) -> np.ndarray:
@@ -48,3 +62,7 @@ class PipelineParityMixin:
 
         moved = easel.generate(self.other_prompt, seed=self.seed, output_type="np", **case).images
         assert float(np.abs(moved - ours).max()) >= 10 * TOLERANCE, "the prompt barely moves the output"
+        if "image" in case:
+            other_case = {**case, "image": mirrored(case["image"])}
+            moved = easel.generate(self.prompt, seed=self.seed, output_type="np", **other_case).images
+            assert float(np.abs(moved - ours).max()) >= 10 * TOLERANCE, "the input image barely moves the output"

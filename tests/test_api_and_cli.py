@@ -12,7 +12,7 @@ from PIL import Image
 from easel import DiffGenerator
 from easel.cli.main import main
 from easel.errors import InvalidInputError
-from tests.parity import reference_images
+from tests.parity import input_image, reference_images
 
 SMALL = {"height": 32, "width": 48, "num_inference_steps": 1}
 
@@ -95,3 +95,13 @@ def test_bf16_agrees_with_diffusers_in_bf16(tiny_pipeline):
     # Not equal: Easel keeps the latents in fp32 between steps where Diffusers rounds them to bf16. The tiny
     # model's sharpened inits make bf16 move its output by about 0.3 from fp32, so 0.05 still tells paths apart.
     assert np.abs(ours - theirs).max() < 0.05
+
+
+def test_cli_edits_an_input_image(tiny_pipeline, tmp_path):
+    source = tmp_path / "source.png"
+    input_image().save(source)
+    target = tmp_path / "edited.png"
+    args = ["generate", "--model-path", str(tiny_pipeline("flux-kontext")), "--prompt", "make it red"]
+    args += ["--image-path", str(source), "--num-inference-steps", "1", "--output-path", str(target)]
+    assert main([*args, "--height", "32", "--width", "48", "--set", "max_area=6144"]) == 0
+    assert Image.open(target).size == (96, 64)  # FLUX.1 Kontext keeps the aspect ratio at max_area pixels

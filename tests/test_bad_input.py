@@ -82,3 +82,17 @@ def test_unwritable_output_path(run_cli, tiny_pipeline, tmp_path):
     code, err, _ = run_cli("--output-path", str(blocker / "image.png"), model=str(tiny_pipeline("flux")))
     assert code == 2 and "cannot create the output folder" in err
     assert blocker.read_text() == "not a folder"
+
+
+def test_input_image_problems_are_named(run_cli, tiny_pipeline, tmp_path):
+    kontext = str(tiny_pipeline("flux-kontext"))
+    code, err, _ = run_cli(model=kontext)
+    assert code == 2 and "takes 1 input image(s), got 0" in err
+    code, err, _ = run_cli("--image-path", str(tmp_path / "missing.png"), model=kontext)
+    assert code == 2 and "missing.png does not exist" in err
+    (tmp_path / "notes.png").write_text("not an image")
+    code, err, _ = run_cli("--image-path", str(tmp_path / "notes.png"), model=kontext)
+    assert code == 2 and "notes.png is not an image" in err
+    code, err, written = run_cli("--image-path", str(tmp_path / "notes.png"), model=str(tiny_pipeline("flux")))
+    assert code == 2 and "takes 0 input image(s), got 1" in err and "Traceback" not in err
+    assert written == []

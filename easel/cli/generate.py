@@ -1,6 +1,7 @@
 """`easel generate`: one request from the command line, written to image files."""
 
 import argparse
+import json
 
 from easel.runtime.server_args import PRECISIONS
 
@@ -19,6 +20,9 @@ def add_generate_parser(commands) -> None:
 
     request = parser.add_argument_group("request (unset values take the model's defaults)")
     request.add_argument("--prompt", required=True, help="what to draw")
+    request.add_argument(
+        "--image-path", nargs="+", metavar="PATH", help="input image(s) of an image-conditioned model (editing)"
+    )
     request.add_argument("--negative-prompt", help="what to steer away from (with --true-cfg-scale > 1 on FLUX)")
     request.add_argument("--height", type=int, help="image height in pixels")
     request.add_argument("--width", type=int, help="image width in pixels")
@@ -28,11 +32,30 @@ def add_generate_parser(commands) -> None:
     request.add_argument("--seed", type=int, help="random seed (default 0)")
     request.add_argument("--num-outputs-per-prompt", type=int, help="images to generate")
     request.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_assignment,
+        help="a model-specific sampling parameter, e.g. max_area=262144 for FLUX.1 Kontext (repeatable)",
+    )
+    request.add_argument(
         "--output-path",
         help="a file name (an _N suffix is added for several images) or a folder for generated names "
         "(default: the --output-dir folder)",
     )
     model.add_argument("--output-dir", default="outputs", help="where images go when --output-path is not given")
+
+
+def _assignment(text: str) -> tuple[str, object]:
+    """NAME=VALUE with VALUE read as JSON where it is JSON (numbers, true/false, lists), else as text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return name.replace("-", "_"), value
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -50,6 +73,7 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     result = generator.generate(
         prompt=args.prompt,
+        image=args.image_path,
         negative_prompt=args.negative_prompt,
         height=args.height,
         width=args.width,
@@ -59,6 +83,7 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_outputs_per_prompt=args.num_outputs_per_prompt,
         output_path=args.output_path or args.output_dir,
+        **dict(args.set),
     )
     width, height = result.images[0].size
     stages = ", ".join(f"{name.removesuffix('Stage')} {secs:.2f}s" for name, secs in result.timings.items())

@@ -19,6 +19,7 @@ PipelineBuilder = Callable[[str | os.PathLike[str], int], pathlib.Path]
 TINY_PIPELINE_BUILDERS: dict[str, PipelineBuilder] = {
     "flux": functools.partial(build_flux_pipeline, variant="dev"),
     "flux-schnell": functools.partial(build_flux_pipeline, variant="schnell"),
+    "flux-kontext": functools.partial(build_flux_pipeline, variant="kontext"),
 }
 
 

@@ -7,7 +7,13 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxKontextPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
 from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle
 from diffusers.models.transformers.transformer_flux import FluxAttention
@@ -69,19 +75,23 @@ class FluxVariant:
 
     guidance_embeds: bool
     scheduler_config: Mapping[str, Any]
+    pipeline_cls: type = FluxPipeline
 
+
+_DEV_SCHEDULER_CONFIG = {
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    **_SCHEDULER_SEQUENCE_LENGTHS,
+}
 
 FLUX_VARIANTS: dict[str, FluxVariant] = {
     # FLUX.1-dev: guidance-distilled, sigmas shifted by the image's token count.
-    "dev": FluxVariant(
-        guidance_embeds=True,
-        scheduler_config={
-            "shift": 3.0,
-            "use_dynamic_shifting": True,
-            "base_shift": 0.5,
-            "max_shift": 1.15,
-            **_SCHEDULER_SEQUENCE_LENGTHS,
-        },
+    "dev": FluxVariant(guidance_embeds=True, scheduler_config=_DEV_SCHEDULER_CONFIG),
+    # FLUX.1-Kontext-dev: FLUX.1-dev's architecture and schedule, editing an input image.
+    "kontext": FluxVariant(
+        guidance_embeds=True, scheduler_config=_DEV_SCHEDULER_CONFIG, pipeline_cls=FluxKontextPipeline
     ),
     # FLUX.1-schnell: timestep-distilled, unshifted sigmas.
     "schnell": FluxVariant(
@@ -119,10 +129,10 @@ def build_flux_pipeline(
     path: str | os.PathLike[str],
     seed: int = 0,
     *,
-    variant: Literal["dev", "schnell"] = "dev",
+    variant: Literal["dev", "schnell", "kontext"] = "dev",
     transformer_config: Mapping[str, Any] | None = None,
 ) -> pathlib.Path:
-    """Write a random-weight `FluxPipeline` folder at `path` and return it.
+    """Write a random-weight `FluxPipeline` (or, for "kontext", `FluxKontextPipeline`) folder at `path`.
 
     `transformer_config` overrides fields of `TINY_FLUX_TRANSFORMER_CONFIG` (pass `MEDIUM_FLUX_TRANSFORMER_CONFIG`
     for a benchmark-sized DiT); the text encoders and the VAE stay tiny whatever the transformer's size.
@@ -144,7 +154,7 @@ def build_flux_pipeline(
         _strengthen_conditioning(transformer)
     with seeded(seed + _COMPONENT_SEED_OFFSETS["vae"]):
         vae = AutoencoderKL(**TINY_FLUX_VAE_CONFIG)
-    pipeline = FluxPipeline(
+    pipeline = flux_variant.pipeline_cls(
         scheduler=FlowMatchEulerDiscreteScheduler(**flux_variant.scheduler_config),
         vae=vae,
         text_encoder=text_encoder,

@@ -9,9 +9,11 @@ import enum
 from typing import Any
 
 import torch
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image
 
 from easel.configs.models.dits.base import DiTConfig
-from easel.configs.models.encoders.base import TextEncoderConfig
+from easel.configs.models.encoders.base import TextEncoderConfig, TextEncoding
 from easel.configs.models.vaes.base import VAEConfig
 from easel.runtime.pipelines_core.schedule_batch import Req
 
@@ -39,6 +41,22 @@ class PipelineConfig:
     # FLUX.1-dev); real classifier-free guidance then runs only with a negative prompt and `true_cfg_scale` > 1.
     should_use_guidance: bool = False
     max_resolution: int = 4096
+    # How many input images a request takes (image-conditioned models: at least one).
+    min_input_images: int = 0
+    max_input_images: int = 0
+
+    # --- the request ------------------------------------------------------------------------------------------
+    def prepare_request(self, batch: Req) -> None:
+        """Model-specific changes to a request before it is validated, e.g. fitting it to a pixel budget."""
+
+    def postprocess_text_encodings(self, encodings: list[TextEncoding], batch: Req) -> list[TextEncoding]:
+        """Combines the text encoders' outputs (one per encoder) into what the DiT takes; by default as they are."""
+        return encodings
+
+    def preprocess_condition_image(self, image: Image.Image, batch: Req) -> torch.Tensor:
+        """An input image as the VAE takes it, (1, 3, H, W) in [-1, 1]; by default at the requested size."""
+        processor = VaeImageProcessor(vae_scale_factor=self.pixel_multiple())
+        return processor.preprocess(image, batch.height, batch.width)
 
     # --- guidance -------------------------------------------------------------------------------------------
     def cfg_scale(self, batch: Req) -> float | None:
@@ -83,6 +101,14 @@ class PipelineConfig:
     def prepare_neg_cond_kwargs(self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, **kwargs):
         """The DiT's forward kwargs for the unconditional (negative-prompt) pass of one step."""
         raise NotImplementedError(f"{type(self).__name__} must say what its DiT's forward takes")
+
+    def combine_cfg(self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, batch: Req) -> torch.Tensor:
+        """Classifier-free guidance: push the prediction away from the unconditional one."""
+        return noise_uncond + batch.cfg_scale * (noise_pred - noise_uncond)
+
+    def crop_noise_pred(self, noise_pred: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The part of the DiT's output that predicts `latents`; models that append conditioning tokens cut it."""
+        return noise_pred
 
     # --- decoding -------------------------------------------------------------------------------------------
     def get_decode_scale_and_shift(self) -> tuple[float, float | None]:

@@ -1,6 +1,7 @@
 """`SamplingParams`: what one request asks for. Each model family subclasses it with its own defaults."""
 
 import dataclasses
+from typing import Any
 
 from easel.errors import InvalidInputError
 
@@ -21,6 +22,7 @@ class SamplingParams:
     num_outputs_per_prompt: int = 1
     max_sequence_length: int = 512
     output_type: str = "pil"  # "pil", "np" or "latent"
+    image: Any = None  # input image(s) of image-conditioned models: a path, a PIL image, or a list of them
     output_path: str | None = None  # a file name, or a folder that gets generated names
     output_format: str = "png"
 

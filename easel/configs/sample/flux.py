@@ -20,3 +20,11 @@ class FluxSchnellSamplingParams(SamplingParams):
     num_inference_steps: int = 4
     guidance_scale: float = 0.0
     max_sequence_length: int = 256
+
+
+@dataclasses.dataclass
+class FluxKontextSamplingParams(FluxSamplingParams):
+    """FLUX.1 Kontext: FLUX.1-dev's defaults; the output keeps the requested aspect ratio at `max_area` pixels."""
+
+    max_area: int = 1024**2
+    auto_resize: bool = True  # resize the input image to the trained resolution nearest its aspect ratio

@@ -11,6 +11,7 @@ from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages import (
     DecodingStage,
     DenoisingStage,
+    ImageVAEEncodingStage,
     InputValidationStage,
     LatentPreparationStage,
     PipelineStage,
@@ -59,16 +60,11 @@ class ComposedPipelineBase:
     # --- standard compositions (the modular style) ------------------------------------------------------------
     def add_standard_t2i_stages(self, prepare_extra_timestep_kwargs: list[TimestepKwargsFn] | tuple = ()) -> None:
         """Text-to-image: validate, encode the prompt, schedule, draw noise, denoise, decode."""
-        self.add_stage(InputValidationStage())
-        self.add_stage(self._text_encoding_stage())
-        self.add_stage(TimestepPreparationStage(self.get_module("scheduler"), prepare_extra_timestep_kwargs))
-        self.add_stage(LatentPreparationStage())
-        self.add_stage(DenoisingStage(self.get_module("transformer"), self.get_module("scheduler")))
-        self.add_standard_decoding_stage()
+        self._add_standard_stages(prepare_extra_timestep_kwargs, encode_images=False)
 
     def add_standard_ti2i_stages(self, prepare_extra_timestep_kwargs: list[TimestepKwargsFn] | tuple = ()) -> None:
-        """Text+image-to-image; needs ImageEncodingStage and ImageVAEEncodingStage."""
-        raise NotImplementedError("text+image-to-image stages arrive with the first image-conditioned model")
+        """Text+image-to-image: as text-to-image, with the input images VAE-encoded before the noise is drawn."""
+        self._add_standard_stages(prepare_extra_timestep_kwargs, encode_images=True)
 
     def add_standard_ti2v_stages(self, prepare_extra_timestep_kwargs: list[TimestepKwargsFn] | tuple = ()) -> None:
         """Text+image-to-video; needs ImageEncodingStage and ImageVAEEncodingStage."""
@@ -76,6 +72,16 @@ class ComposedPipelineBase:
 
     def add_standard_decoding_stage(self) -> None:
         self.add_stage(DecodingStage(self.get_module("vae")))
+
+    def _add_standard_stages(self, prepare_extra_timestep_kwargs, encode_images: bool) -> None:
+        self.add_stage(InputValidationStage())
+        self.add_stage(self._text_encoding_stage())
+        if encode_images:
+            self.add_stage(ImageVAEEncodingStage(self.get_module("vae")))
+        self.add_stage(TimestepPreparationStage(self.get_module("scheduler"), prepare_extra_timestep_kwargs))
+        self.add_stage(LatentPreparationStage())
+        self.add_stage(DenoisingStage(self.get_module("transformer"), self.get_module("scheduler")))
+        self.add_standard_decoding_stage()
 
     def _text_encoding_stage(self) -> TextEncodingStage:
         configs = self.server_args.pipeline_config.text_encoder_configs

@@ -5,8 +5,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from PIL import Image
 
 from easel.configs.sample.base import SamplingParams
+
+# SamplingParams fields that concern the front end (where to write), not the pipeline.
+GENERIC_PARAMS = frozenset({"output_path", "output_format"})
 
 
 @dataclasses.dataclass
@@ -26,6 +30,12 @@ class Req:
     num_outputs_per_prompt: int = 1
     max_sequence_length: int = 512
     output_type: str = "pil"
+    image: Any = None  # input image(s) as given: paths, PIL images, or a list of them
+
+    # Input images loaded as RGB, and their VAE latents in the DiT's layout (set by ImageVAEEncodingStage).
+    condition_images: list[Image.Image] = dataclasses.field(default_factory=list)
+    image_latents: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    image_latent_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # before packing
 
     # Guidance, decided by InputValidationStage from the model's PipelineConfig.
     do_classifier_free_guidance: bool = False
@@ -34,6 +44,9 @@ class Req:
     # Conditioning: one tensor per text encoder, repeated for num_outputs_per_prompt.
     prompt_embeds: list[torch.Tensor] = dataclasses.field(default_factory=list)
     negative_prompt_embeds: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    # One entry per entry of prompt_embeds: (B, T) with 1 for real tokens, or None when every token counts.
+    prompt_embeds_mask: list[torch.Tensor | None] = dataclasses.field(default_factory=list)
+    negative_prompt_embeds_mask: list[torch.Tensor | None] = dataclasses.field(default_factory=list)
     pooled_embeds: list[torch.Tensor] = dataclasses.field(default_factory=list)
     neg_pooled_embeds: list[torch.Tensor] = dataclasses.field(default_factory=list)
 
@@ -43,7 +56,8 @@ class Req:
     raw_latent_shape: tuple[int, ...] | None = None  # before packing
     timesteps: torch.Tensor | None = None
     sigmas: list[float] | None = None
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # model-specific hand-overs
+    # Model-specific values: the family's own sampling parameters, and what its stages hand on.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # Called after every denoising step with (steps done, steps in all).
     step_callback: Callable[[int, int], None] | None = None
@@ -55,10 +69,13 @@ class Req:
     @classmethod
     def from_sampling_params(cls, params: SamplingParams) -> "Req":
         """The batch for one request; prompts become lists so one path serves one prompt and many."""
-        shared = {f.name: getattr(params, f.name) for f in dataclasses.fields(cls) if hasattr(params, f.name)}
+        values = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}  # no deep copies
+        known = {f.name for f in dataclasses.fields(cls)}
+        shared = {name: value for name, value in values.items() if name in known}
+        extra = {name: value for name, value in values.items() if name not in known and name not in GENERIC_PARAMS}
         prompts = [params.prompt] if isinstance(params.prompt, str) else list(params.prompt)
         negative = None if params.negative_prompt is None else [params.negative_prompt] * len(prompts)
-        return cls(**{**shared, "prompt": prompts, "negative_prompt": negative})
+        return cls(**{**shared, "prompt": prompts, "negative_prompt": negative, "extra": extra})
 
     @property
     def batch_size(self) -> int:

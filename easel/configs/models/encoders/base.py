@@ -1,16 +1,41 @@
-"""The base config of every text encoder: which modules it is and what the pipeline takes from its output."""
+"""The base config of every text encoder: which modules it is, and how a prompt becomes embeddings."""
 
 import dataclasses
-from typing import Literal
+import logging
+
+import torch
+
+from easel.runtime.pipelines_core.schedule_batch import Req
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TextEncoding:
+    """What one text encoder made of a list of prompts."""
+
+    embeds: torch.Tensor | None = None  # (B, T, D), goes to batch.prompt_embeds
+    pooled: torch.Tensor | None = None  # (B, D), goes to batch.pooled_embeds
+    mask: torch.Tensor | None = None  # (B, T), 1 for real tokens, goes to batch.prompt_embeds_mask
 
 
 @dataclasses.dataclass
 class TextEncoderConfig:
-    """How `TextEncodingStage` runs one tokenizer + text encoder pair."""
+    """How `TextEncodingStage` runs one tokenizer + text encoder pair; a model overrides `encode` as it needs."""
 
     tokenizer: str = "tokenizer"  # module names, as in model_index.json
     text_encoder: str = "text_encoder"
-    # "sequence": the last hidden state goes to `batch.prompt_embeds`;
-    # "pooled": the pooled output goes to `batch.pooled_embeds`.
-    output: Literal["sequence", "pooled"] = "sequence"
     max_length: int | None = None  # None: the request's `max_sequence_length`
+
+    def encode(self, prompts: list[str], tokenizer, text_encoder, batch: Req) -> TextEncoding:
+        """The last hidden state of prompts padded to the full window."""
+        outputs = text_encoder(self.tokenize(prompts, tokenizer, batch).input_ids.to(text_encoder.device))
+        return TextEncoding(embeds=outputs.last_hidden_state)
+
+    def tokenize(self, prompts: list[str], tokenizer, batch: Req):
+        """Token ids padded (and truncated, with a warning) to `max_length`."""
+        max_length = self.max_length or batch.max_sequence_length
+        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        if tokenizer(prompts, padding="longest", return_tensors="pt").input_ids.shape[-1] > max_length:
+            logger.warning("the prompt was truncated to the %d tokens %s takes", max_length, self.text_encoder)
+        return tokens

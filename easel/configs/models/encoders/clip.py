@@ -1,14 +1,17 @@
-"""CLIP text encoder: FLUX and SD3 take its pooled output, from a 77-token window."""
+"""CLIP text encoder: FLUX takes its pooled output, from a 77-token window."""
 
 import dataclasses
-from typing import Literal
 
-from easel.configs.models.encoders.base import TextEncoderConfig
+from easel.configs.models.encoders.base import TextEncoderConfig, TextEncoding
+from easel.runtime.pipelines_core.schedule_batch import Req
 
 
 @dataclasses.dataclass
 class CLIPTextConfig(TextEncoderConfig):
-    """CLIP ViT-L/14 text tower as FLUX uses it: pooled output, 77 tokens."""
+    """CLIP ViT-L/14 text tower as FLUX uses it: the pooled output only, 77 tokens."""
 
-    output: Literal["sequence", "pooled"] = "pooled"
     max_length: int | None = 77
+
+    def encode(self, prompts: list[str], tokenizer, text_encoder, batch: Req) -> TextEncoding:
+        outputs = text_encoder(self.tokenize(prompts, tokenizer, batch).input_ids.to(text_encoder.device))
+        return TextEncoding(pooled=outputs.pooler_output)

@@ -3,6 +3,7 @@
 from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.pipelines_core.stages.decoding import DecodingStage
 from easel.runtime.pipelines_core.stages.denoising import DenoisingStage
+from easel.runtime.pipelines_core.stages.image_vae_encoding import ImageVAEEncodingStage
 from easel.runtime.pipelines_core.stages.input_validation import InputValidationStage
 from easel.runtime.pipelines_core.stages.latent_preparation import LatentPreparationStage
 from easel.runtime.pipelines_core.stages.text_encoding import TextEncodingStage
@@ -11,6 +12,7 @@ from easel.runtime.pipelines_core.stages.timestep_preparation import TimestepPre
 __all__ = [
     "DecodingStage",
     "DenoisingStage",
+    "ImageVAEEncodingStage",
     "InputValidationStage",
     "LatentPreparationStage",
     "PipelineStage",

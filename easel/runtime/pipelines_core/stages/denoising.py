@@ -7,7 +7,8 @@ from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.server_args import ServerArgs
 
-EMBED_FIELDS = ("prompt_embeds", "negative_prompt_embeds", "pooled_embeds", "neg_pooled_embeds")
+# The conditioning tensors, cast to the DiT's dtype once per request rather than in every step.
+CONDITIONING_FIELDS = ("prompt_embeds", "negative_prompt_embeds", "pooled_embeds", "neg_pooled_embeds", "image_latents")
 
 
 class DenoisingStage(PipelineStage):
@@ -36,7 +37,7 @@ class DenoisingStage(PipelineStage):
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
         config = server_args.pipeline_config
         dtype = next(self.transformer.parameters()).dtype
-        for field in EMBED_FIELDS:  # cast once here rather than in every step
+        for field in CONDITIONING_FIELDS:
             setattr(batch, field, [e.to(dtype) for e in getattr(batch, field)])
         rotary_emb = getattr(self.transformer, "rotary_emb", None)
         freqs_cis = config.get_freqs_cis(batch, batch.latents.device, rotary_emb, dtype)
@@ -47,10 +48,11 @@ class DenoisingStage(PipelineStage):
         for i, t in enumerate(tqdm(batch.timesteps, desc="denoising", disable=not server_args.progress_bar)):
             model_input = latents.to(dtype)
             noise_pred = self.transformer(**config.prepare_pos_cond_kwargs(batch, model_input, t, freqs_cis=freqs_cis))
+            noise_pred = config.crop_noise_pred(noise_pred, latents)
             if batch.do_classifier_free_guidance:
                 kwargs = config.prepare_neg_cond_kwargs(batch, model_input, t, freqs_cis=freqs_cis)
-                noise_uncond = self.transformer(**kwargs)
-                noise_pred = noise_uncond + batch.cfg_scale * (noise_pred - noise_uncond)
+                noise_uncond = config.crop_noise_pred(self.transformer(**kwargs), latents)
+                noise_pred = config.combine_cfg(noise_pred, noise_uncond, batch)
             # fp32 noise keeps the latents in fp32: Diffusers' step casts its result to the prediction's dtype.
             latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
             if batch.step_callback is not None:

@@ -1,6 +1,7 @@
 """`InputValidationStage`: reject a bad request before any model runs, and decide its guidance."""
 
 from easel.errors import InvalidInputError
+from easel.runtime.inputs import as_list, load_images
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.server_args import ServerArgs
@@ -16,6 +17,12 @@ class InputValidationStage(PipelineStage):
 
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
         config = server_args.pipeline_config
+        count, low, high = len(as_list(batch.image)), config.min_input_images, config.max_input_images
+        if not low <= count <= high:
+            wanted = f"{low}" if low == high else f"{low} to {high}"
+            raise InvalidInputError(f"this model takes {wanted} input image(s), got {count}")
+        batch.condition_images = load_images(batch.image)
+        config.prepare_request(batch)
         if any(not p or not p.strip() for p in batch.prompt):
             raise InvalidInputError("the prompt is empty: describe what to generate")
         multiple = config.pixel_multiple()

@@ -1,0 +1,30 @@
+"""`ImageVAEEncodingStage`: input images to normalized VAE latents in the DiT's layout."""
+
+import torch
+
+from easel.runtime.pipelines_core.schedule_batch import Req
+from easel.runtime.pipelines_core.stages.base import PipelineStage
+from easel.runtime.server_args import ServerArgs
+
+
+class ImageVAEEncodingStage(PipelineStage):
+    """Encodes each input image (its latent distribution's mode, as Diffusers' editing pipelines take it)."""
+
+    input_fields = ("condition_images",)
+    output_fields = ("image_latents", "image_latent_shapes")
+
+    def __init__(self, vae: torch.nn.Module):
+        self.vae = vae
+
+    def forward(self, batch: Req, server_args: ServerArgs) -> Req:
+        config = server_args.pipeline_config
+        param = next(self.vae.parameters())
+        scale, shift = config.get_decode_scale_and_shift()
+        for image in batch.condition_images:
+            pixels = config.preprocess_condition_image(image, batch).to(param.device, param.dtype)
+            latents = self.vae.encode(pixels).latent_dist.mode()  # (1, C, h, w)
+            latents = (latents - shift if shift is not None else latents) * scale  # the inverse of decoding's
+            latents = latents.float().repeat(batch.batch_size, *[1] * (latents.dim() - 1))
+            batch.image_latent_shapes.append(tuple(latents.shape))
+            batch.image_latents.append(config.pack_latents(latents, batch))
+        return batch
