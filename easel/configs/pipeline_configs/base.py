@@ -106,8 +106,9 @@ class PipelineConfig:
         """Classifier-free guidance: push the prediction away from the unconditional one."""
         return noise_uncond + batch.cfg_scale * (noise_pred - noise_uncond)
 
-    def crop_noise_pred(self, noise_pred: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """The part of the DiT's output that predicts `latents`; models that append conditioning tokens cut it."""
+    def postprocess_noise_pred(self, noise_pred: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The DiT's output as the scheduler takes it: models that append conditioning tokens cut them off here,
+        models whose DiT predicts the negated velocity negate it here."""
         return noise_pred
 
     # --- decoding -------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class FluxPipelineConfig(ImagePipelineConfig):
         image_ids = [_grid_ids(shape, index=int(i > 0)) for i, shape in enumerate(image_shapes)]
         return rotary_emb(torch.cat([text_ids, *image_ids]).to(device))  # (T + L, 3) -> (cos, sin)
 
-    def crop_noise_pred(self, noise_pred: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def postprocess_noise_pred(self, noise_pred: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return noise_pred[:, : latents.shape[1]]  # input-image tokens follow the generated ones
 
     def prepare_pos_cond_kwargs(self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, **kwargs):

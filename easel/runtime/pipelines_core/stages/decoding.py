@@ -28,5 +28,7 @@ class DecodingStage(PipelineStage):
             latents = latents + shift
         vae_param = next(self.vae.parameters())
         image = self.vae.decode(latents.to(vae_param.device, vae_param.dtype), return_dict=False)[0]
+        if image.dim() == 5 and image.shape[2] == 1:  # a video VAE decoding a still image: drop the frame axis
+            image = image[:, :, 0]
         batch.output = (image.float() / 2 + 0.5).clamp(0, 1)  # (B, C, H, W)
         return batch

@@ -48,10 +48,10 @@ class DenoisingStage(PipelineStage):
         for i, t in enumerate(tqdm(batch.timesteps, desc="denoising", disable=not server_args.progress_bar)):
             model_input = latents.to(dtype)
             noise_pred = self.transformer(**config.prepare_pos_cond_kwargs(batch, model_input, t, freqs_cis=freqs_cis))
-            noise_pred = config.crop_noise_pred(noise_pred, latents)
+            noise_pred = config.postprocess_noise_pred(noise_pred, latents)
             if batch.do_classifier_free_guidance:
                 kwargs = config.prepare_neg_cond_kwargs(batch, model_input, t, freqs_cis=freqs_cis)
-                noise_uncond = config.crop_noise_pred(self.transformer(**kwargs), latents)
+                noise_uncond = config.postprocess_noise_pred(self.transformer(**kwargs), latents)
                 noise_pred = config.combine_cfg(noise_pred, noise_uncond, batch)
             # fp32 noise keeps the latents in fp32: Diffusers' step casts its result to the prediction's dtype.
             latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
