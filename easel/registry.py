@@ -14,8 +14,10 @@ from typing import Any
 
 from easel.configs.pipeline_configs.base import PipelineConfig
 from easel.configs.pipeline_configs.flux import FluxKontextPipelineConfig, FluxPipelineConfig
+from easel.configs.pipeline_configs.sd3 import SD3PipelineConfig
 from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
+from easel.configs.sample.sd3 import SD3SamplingParams
 from easel.errors import ModelLoadError
 
 # A detector recognizes a family from a folder's model_index.json when neither its id nor its name does.
@@ -118,4 +120,15 @@ register_configs(
     pipeline_config_cls=FluxKontextPipelineConfig,
     hf_model_paths=["black-forest-labs/FLUX.1-Kontext-dev"],
     model_detectors=[lambda index: index["_class_name"] == "FluxKontextPipeline"],
+)
+register_configs(
+    model_family="sd3",
+    sampling_param_cls=SD3SamplingParams,
+    pipeline_config_cls=SD3PipelineConfig,
+    hf_model_paths=[
+        "stabilityai/stable-diffusion-3-medium-diffusers",
+        "stabilityai/stable-diffusion-3.5-medium",
+        "stabilityai/stable-diffusion-3.5-large",
+    ],
+    model_detectors=[lambda index: index["_class_name"] == "StableDiffusion3Pipeline"],
 )

@@ -12,6 +12,7 @@ from easel.testing.flux import (
     TINY_FLUX_VAE_CONFIG,
     build_flux_pipeline,
 )
+from easel.testing.sd3 import SD3_BUILDERS
 
 PipelineBuilder = Callable[[str | os.PathLike[str], int], pathlib.Path]
 
@@ -20,6 +21,7 @@ TINY_PIPELINE_BUILDERS: dict[str, PipelineBuilder] = {
     "flux": functools.partial(build_flux_pipeline, variant="dev"),
     "flux-schnell": functools.partial(build_flux_pipeline, variant="schnell"),
     "flux-kontext": functools.partial(build_flux_pipeline, variant="kontext"),
+    **SD3_BUILDERS,
 }
 
 

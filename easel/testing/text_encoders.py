@@ -1,6 +1,14 @@
 """Tiny random-weight text encoders, configured in code (the shapes of Diffusers' own pipeline tests)."""
 
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 TEXT_ENCODER_HIDDEN_SIZE = 32
 
@@ -43,3 +51,29 @@ def build_t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
         eos_token_id=tokenizer.eos_token_id,
     )
     return T5EncoderModel(config).eval()
+
+
+def build_clip_text_encoder_with_projection(
+    tokenizer: CLIPTokenizer, hidden_size: int = TEXT_ENCODER_HIDDEN_SIZE, hidden_act: str = "quick_gelu"
+) -> CLIPTextModelWithProjection:
+    """A 5-layer CLIP text model with its projection head (SDXL / SD3's encoders), of width and projection
+    `hidden_size` (4 heads), whose vocabulary and special ids match `tokenizer`.
+
+    SD3 reads the penultimate hidden state per token and the projected pooled output (`text_embeds`). The real
+    CLIP-L uses "quick_gelu", OpenCLIP's bigG "gelu".
+    """
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        hidden_act=hidden_act,
+        projection_dim=hidden_size,
+        # The pooled output is read at the first `eos_token_id`, so it must be the tokenizer's.
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(config).eval()

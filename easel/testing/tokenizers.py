@@ -122,3 +122,14 @@ def build_t5_tokenizer() -> T5Tokenizer:
     extra_ids = [(f"<extra_id_{index}>", 0.0) for index in reversed(range(T5_NUM_EXTRA_IDS))]
     vocab = [(piece, 0.0) for piece in T5_SPECIAL_PIECES] + _t5_pieces() + extra_ids
     return T5Tokenizer(vocab=vocab, extra_ids=T5_NUM_EXTRA_IDS, model_max_length=T5_MAX_LENGTH)
+
+
+def build_open_clip_tokenizer() -> CLIPTokenizer:
+    """The CLIP tokenizer as SDXL and SD3 ship it for OpenCLIP ViT-bigG (`tokenizer_2`): padded with "!" (id 0).
+
+    Same vocabulary as `build_clip_tokenizer`; only the padding differs from CLIP-L's `<|endoftext|>`, as in the
+    real folders, so a pipeline that tokenizes CLIP-G's input with CLIP-L's tokenizer gets other embeddings.
+    """
+    tokenizer = build_clip_tokenizer()
+    tokenizer.pad_token = "!"
+    return tokenizer

@@ -102,6 +102,18 @@ class PipelineConfig:
         """The DiT's forward kwargs for the unconditional (negative-prompt) pass of one step."""
         raise NotImplementedError(f"{type(self).__name__} must say what its DiT's forward takes")
 
+    def prepare_extra_pass_kwargs(
+        self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, step: int, **kwargs
+    ) -> dict[str, Any] | None:
+        """Kwargs of one more DiT pass at this step (e.g. SD3's skip-layer guidance), or None for none."""
+        return None
+
+    def combine_extra_pass(
+        self, noise_pred: torch.Tensor, noise_cond: torch.Tensor, noise_extra: torch.Tensor, batch: Req
+    ) -> torch.Tensor:
+        """Folds the extra pass into the guided prediction; `noise_cond` is the plain conditional one."""
+        raise NotImplementedError(f"{type(self).__name__} asks for an extra pass but does not combine it")
+
     def combine_cfg(self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, batch: Req) -> torch.Tensor:
         """Classifier-free guidance: push the prediction away from the unconditional one."""
         return noise_uncond + batch.cfg_scale * (noise_pred - noise_uncond)

@@ -2,15 +2,27 @@
 
 from easel.runtime.layers.attention import attention, available_attention_backends, set_attention_backend
 from easel.runtime.layers.embeddings import MLPEmbedder, timestep_embedding
-from easel.runtime.layers.layernorm import LayerNormScaleShift, RMSNorm, RMSNormScaleShift, apply_qk_norm
+from easel.runtime.layers.layernorm import (
+    LayerNormScaleShift,
+    RMSNorm,
+    RMSNormCastBeforeWeight,
+    RMSNormScaleShift,
+    apply_qk_norm,
+)
 from easel.runtime.layers.linear import ColumnParallelLinear, RowParallelLinear
-from easel.runtime.layers.rotary import apply_rotary_emb, multi_axis_rope_frequencies, rope_frequencies
+from easel.runtime.layers.rotary import (
+    apply_rotary_emb,
+    multi_axis_rope_frequencies,
+    polar_rope_frequencies,
+    rope_frequencies,
+)
 
 __all__ = [
     "ColumnParallelLinear",
     "LayerNormScaleShift",
     "MLPEmbedder",
     "RMSNorm",
+    "RMSNormCastBeforeWeight",
     "RMSNormScaleShift",
     "RowParallelLinear",
     "apply_qk_norm",
@@ -18,6 +30,7 @@ __all__ = [
     "attention",
     "available_attention_backends",
     "multi_axis_rope_frequencies",
+    "polar_rope_frequencies",
     "rope_frequencies",
     "set_attention_backend",
     "timestep_embedding",

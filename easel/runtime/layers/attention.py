@@ -7,13 +7,19 @@ import torch.nn.functional as F
 
 from easel.errors import EaselError
 
-AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# backend(query, key, value) -> out, all (B, L, H, D); backends that support padding masks also take
+# `attn_mask=` (B, L_k) bool, see `attention`.
+AttentionBackend = Callable[..., torch.Tensor]
 
 
-def _torch_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def _torch_sdpa(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """PyTorch's fused scaled-dot-product attention; it wants heads before the sequence."""
     query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, H, L, D)
-    out = F.scaled_dot_product_attention(query, key, value)
+    if attn_mask is not None:
+        attn_mask = attn_mask[:, None, None, :]  # (B, 1, 1, L_k): the same keys for every head and query
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
     return out.transpose(1, 2)  # (B, L, H, D)
 
 
@@ -36,6 +42,15 @@ def set_attention_backend(name: str) -> None:
     _active_backend = name
 
 
-def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Full (unmasked) softmax attention over (B, L, H, D) tensors, returning (B, L, H, D)."""
-    return _BACKENDS[_active_backend](query, key, value)
+def attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax attention over (B, L, H, D) tensors, returning (B, L, H, D).
+
+    attn_mask: optional key-padding mask (B, L_k), bool, True for the keys a sample attends to (every query of the
+    sample sees the same keys; each sample must keep at least one). None means full attention, the fast path.
+    """
+    backend = _BACKENDS[_active_backend]
+    if attn_mask is None:
+        return backend(query, key, value)
+    return backend(query, key, value, attn_mask=attn_mask)

@@ -36,10 +36,40 @@ def multi_axis_rope_frequencies(
 
 
 def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates each channel pair (2i, 2i+1) of x (B, L, H, D) by the angle whose cos/sin (L, D) are given."""
+    """Rotates each channel pair (2i, 2i+1) of x (B, L, H, D) by the angle whose cos/sin are given.
+
+    cos/sin are (L, D), shared by the batch, or (B, L, D) where samples sit at different positions.
+    """
     real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, H, D/2) each
     # The pair (real, imag) times e^{i angle} is x * cos + (-imag, real) * sin, cos/sin repeated per pair.
     rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # (B, L, H, D)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # broadcast over batch and heads
+    if cos.ndim == 2:
+        cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # broadcast over batch and heads
+    else:
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over heads
     # In float32 so half-precision queries and keys are rotated without extra rounding.
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def polar_rope_frequencies(
+    position_ids: torch.Tensor, axes_dims: Sequence[int], theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (..., sum(axes_dims)), of integer position ids (..., n_axes), rounded as polar tables are.
+
+    Lumina-style models (Z-Image) precompute `torch.polar(1, angles.float())`: the angles are computed in float64
+    but rounded to float32 before cos/sin. At positions in the thousands that rounding moves cos/sin by up to about
+    1e-4, so parity with them needs the same rounding, not `multi_axis_rope_frequencies`' float64 cos/sin.
+    Any leading dimensions are kept, e.g. (B, L, n_axes) for per-sample positions gives (B, L, D).
+    """
+    if position_ids.shape[-1] != len(axes_dims):
+        raise ValueError(f"position ids have {position_ids.shape[-1]} axes but axes_dims has {len(axes_dims)}")
+    dtype = torch.float32 if position_ids.device.type in _NO_FLOAT64_DEVICES else torch.float64
+    cos_bands, sin_bands = [], []
+    for axis, dim in enumerate(axes_dims):
+        if dim % 2:
+            raise ValueError(f"rotary dimension must be even, got {dim}")
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=dtype, device=position_ids.device) / dim))
+        angles = (position_ids[..., axis, None].to(dtype) * inv_freq).float()  # (..., dim/2), float32 angles
+        cos_bands.append(angles.cos().repeat_interleave(2, dim=-1))
+        sin_bands.append(angles.sin().repeat_interleave(2, dim=-1))
+    return torch.cat(cos_bands, dim=-1), torch.cat(sin_bands, dim=-1)

@@ -15,3 +15,15 @@ class CLIPTextConfig(TextEncoderConfig):
     def encode(self, prompts: list[str], tokenizer, text_encoder, batch: Req) -> TextEncoding:
         outputs = text_encoder(self.tokenize(prompts, tokenizer, batch).input_ids.to(text_encoder.device))
         return TextEncoding(pooled=outputs.pooler_output)
+
+
+@dataclasses.dataclass
+class CLIPHiddenAndPooledConfig(TextEncoderConfig):
+    """CLIP as SD3 takes it: the penultimate layer's token states and the projected pooled embedding, 77 tokens."""
+
+    max_length: int | None = 77
+
+    def encode(self, prompts: list[str], tokenizer, text_encoder, batch: Req) -> TextEncoding:
+        input_ids = self.tokenize(prompts, tokenizer, batch).input_ids.to(text_encoder.device)
+        outputs = text_encoder(input_ids, output_hidden_states=True)
+        return TextEncoding(embeds=outputs.hidden_states[-2], pooled=outputs.text_embeds)

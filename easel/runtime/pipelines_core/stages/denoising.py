@@ -46,16 +46,26 @@ class DenoisingStage(PipelineStage):
         total = len(batch.timesteps)
         self.scheduler.set_begin_index(0)  # the scheduler then never searches its timesteps (a host sync)
         for i, t in enumerate(tqdm(batch.timesteps, desc="denoising", disable=not server_args.progress_bar)):
-            model_input = latents.to(dtype)
-            noise_pred = self.transformer(**config.prepare_pos_cond_kwargs(batch, model_input, t, freqs_cis=freqs_cis))
-            noise_pred = config.postprocess_noise_pred(noise_pred, latents)
-            if batch.do_classifier_free_guidance:
-                kwargs = config.prepare_neg_cond_kwargs(batch, model_input, t, freqs_cis=freqs_cis)
-                noise_uncond = config.postprocess_noise_pred(self.transformer(**kwargs), latents)
-                noise_pred = config.combine_cfg(noise_pred, noise_uncond, batch)
+            noise_pred = self.predict_noise(batch, config, latents.to(dtype), t, i, freqs_cis)
             # fp32 noise keeps the latents in fp32: Diffusers' step casts its result to the prediction's dtype.
             latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
             if batch.step_callback is not None:
                 batch.step_callback(i + 1, total)
         batch.latents = latents
         return batch
+
+    def predict_noise(self, batch: Req, config, x: torch.Tensor, t: torch.Tensor, step: int, freqs_cis) -> torch.Tensor:
+        """The guided prediction of one step: the conditional pass, CFG's unconditional one, any extra pass."""
+
+        def run(kwargs: dict) -> torch.Tensor:
+            return config.postprocess_noise_pred(self.transformer(**kwargs), x)
+
+        noise_cond = run(config.prepare_pos_cond_kwargs(batch, x, t, freqs_cis=freqs_cis))
+        noise_pred = noise_cond
+        if batch.do_classifier_free_guidance:
+            noise_uncond = run(config.prepare_neg_cond_kwargs(batch, x, t, freqs_cis=freqs_cis))
+            noise_pred = config.combine_cfg(noise_cond, noise_uncond, batch)
+        extra_kwargs = config.prepare_extra_pass_kwargs(batch, x, t, step, freqs_cis=freqs_cis)
+        if extra_kwargs is not None:
+            noise_pred = config.combine_extra_pass(noise_pred, noise_cond, run(extra_kwargs), batch)
+        return noise_pred
