@@ -15,9 +15,11 @@ from typing import Any
 from easel.configs.pipeline_configs.base import PipelineConfig
 from easel.configs.pipeline_configs.flux import FluxKontextPipelineConfig, FluxPipelineConfig
 from easel.configs.pipeline_configs.sd3 import SD3PipelineConfig
+from easel.configs.pipeline_configs.z_image import ZImagePipelineConfig
 from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
 from easel.configs.sample.sd3 import SD3SamplingParams
+from easel.configs.sample.z_image import ZImageSamplingParams, ZImageTurboSamplingParams
 from easel.errors import ModelLoadError
 
 # A detector recognizes a family from a folder's model_index.json when neither its id nor its name does.
@@ -131,4 +133,17 @@ register_configs(
         "stabilityai/stable-diffusion-3.5-large",
     ],
     model_detectors=[lambda index: index["_class_name"] == "StableDiffusion3Pipeline"],
+)
+register_configs(
+    model_family="z-image-turbo",
+    sampling_param_cls=ZImageTurboSamplingParams,
+    pipeline_config_cls=ZImagePipelineConfig,
+    hf_model_paths=["Tongyi-MAI/Z-Image-Turbo"],
+    model_detectors=[lambda index: index["_class_name"] == "ZImagePipeline"],
+)
+register_configs(
+    model_family="z-image",
+    sampling_param_cls=ZImageSamplingParams,
+    pipeline_config_cls=ZImagePipelineConfig,
+    hf_model_paths=["Tongyi-MAI/Z-Image"],
 )

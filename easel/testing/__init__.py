@@ -13,6 +13,7 @@ from easel.testing.flux import (
     build_flux_pipeline,
 )
 from easel.testing.sd3 import SD3_BUILDERS
+from easel.testing.z_image import Z_IMAGE_BUILDERS
 
 PipelineBuilder = Callable[[str | os.PathLike[str], int], pathlib.Path]
 
@@ -22,6 +23,7 @@ TINY_PIPELINE_BUILDERS: dict[str, PipelineBuilder] = {
     "flux-schnell": functools.partial(build_flux_pipeline, variant="schnell"),
     "flux-kontext": functools.partial(build_flux_pipeline, variant="kontext"),
     **SD3_BUILDERS,
+    **Z_IMAGE_BUILDERS,
 }
 
 

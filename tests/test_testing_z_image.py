@@ -1,0 +1,129 @@
+"""Tests of `easel.testing.z_image`: a tiny random-weight ZImagePipeline folder built offline."""
+
+import json
+import pathlib
+import time
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ZImagePipeline
+from diffusers.utils import logging as diffusers_logging
+from safetensors.torch import load_file
+
+from easel.testing.z_image import QWEN3_TOKENIZER_SIZE, Z_IMAGE_BUILDERS, build_z_image_pipeline
+
+PROMPT = "a red circle on a blue background"
+OTHER_PROMPT = "a cat"
+NEGATIVE_PROMPT = "blurry, low quality"
+# Downstream parity tests compare at 1e-4 and need a prompt change to move pixels by 10x that; ask for 100x.
+MIN_CONDITIONING_EFFECT = 1e-2
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return Z_IMAGE_BUILDERS["z-image"](tmp_path_factory.mktemp("z-image"), 0)
+
+
+@pytest.fixture(scope="module")
+def pipeline(folder: pathlib.Path) -> ZImagePipeline:
+    diffusers_logging.disable_progress_bar()
+    pipeline = ZImagePipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _generate(pipeline: ZImagePipeline, prompt: str, height: int, width: int, cfg: bool) -> np.ndarray:
+    # Z-Image runs CFG whenever guidance_scale > 0 (pos + scale * (pos - neg)); 0 turns it off, as for Turbo.
+    guidance = dict(guidance_scale=4.0, negative_prompt=NEGATIVE_PROMPT) if cfg else dict(guidance_scale=0.0)
+    return pipeline(
+        prompt,
+        height=height,
+        width=width,
+        num_inference_steps=2,
+        generator=torch.Generator("cpu").manual_seed(0),
+        output_type="np",
+        **guidance,
+    ).images
+
+
+def _safetensors_tensors(folder: pathlib.Path) -> dict[str, torch.Tensor]:
+    return {
+        f"{file.relative_to(folder)}:{name}": tensor
+        for file in sorted(folder.rglob("*.safetensors"))
+        for name, tensor in load_file(file).items()
+    }
+
+
+def test_folder_has_the_diffusers_layout(folder: pathlib.Path, pipeline: ZImagePipeline) -> None:
+    model_index = json.loads((folder / "model_index.json").read_text())
+    assert model_index["_class_name"] == "ZImagePipeline"
+    assert model_index["text_encoder"] == ["transformers", "Qwen3Model"]
+    assert model_index["tokenizer"] == ["transformers", "Qwen2Tokenizer"]
+    assert model_index["transformer"] == ["diffusers", "ZImageTransformer2DModel"]
+    assert model_index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    assert not list(folder.rglob("*.bin")), "weights must be safetensors"
+
+    # Z-Image-Turbo's scheduler and the FLUX.1 VAE's latent geometry and statistics.
+    assert pipeline.scheduler.config.shift == 3.0 and not pipeline.scheduler.config.use_dynamic_shifting
+    assert pipeline.vae_scale_factor == 8
+    assert pipeline.vae.config.latent_channels == pipeline.transformer.config.in_channels == 16
+    assert (pipeline.vae.config.scaling_factor, pipeline.vae.config.shift_factor) == (0.3611, 0.1159)
+    assert pipeline.transformer.config.cap_feat_dim == pipeline.text_encoder.config.hidden_size
+    assert pipeline.text_encoder.config.vocab_size >= len(pipeline.tokenizer) == QWEN3_TOKENIZER_SIZE
+    # Diffusers leaves the pad tokens uninitialized; the build must give them values.
+    assert torch.isfinite(pipeline.transformer.x_pad_token).all() and pipeline.transformer.x_pad_token.std() > 0.5
+
+
+def test_tokenizer_is_the_real_qwen3_one(pipeline: ZImagePipeline) -> None:
+    tokenizer = pipeline.tokenizer  # loaded from the folder's tokenizer/
+    assert tokenizer("Hello, world!").input_ids == [9707, 11, 1879, 0]
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]) == [
+        151643,
+        151644,
+        151645,
+        151667,
+        151668,
+    ]
+    assert (tokenizer.pad_token, tokenizer.eos_token, tokenizer.padding_side) == (
+        "<|endoftext|>",
+        "<|im_end|>",
+        "right",
+    )
+    # As ZImagePipeline._encode_prompt calls it.
+    messages = [{"role": "user", "content": OTHER_PROMPT}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    assert text == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer(text).input_ids == [151644, 872, 198, 64, 8251, 151645, 198, 151644, 77091, 198]
+    no_thinking = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    assert no_thinking == text + "<think>\n\n</think>\n\n"
+    assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == "user\na cat\nassistant\n"
+
+
+@pytest.mark.parametrize(("height", "width", "cfg"), [(64, 64, False), (48, 80, True)], ids=["64x64", "48x80-cfg"])
+def test_runs_and_depends_on_the_prompt(pipeline: ZImagePipeline, height: int, width: int, cfg: bool) -> None:
+    image = _generate(pipeline, PROMPT, height, width, cfg)
+    assert image.shape == (1, height, width, 3)
+    assert np.isfinite(image).all() and image.std() > 0.05
+    np.testing.assert_array_equal(_generate(pipeline, PROMPT, height, width, cfg), image)
+    other = _generate(pipeline, OTHER_PROMPT, height, width, cfg)
+    assert np.abs(other - image).max() >= MIN_CONDITIONING_EFFECT
+
+
+def test_build_is_deterministic_and_seeded(folder: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    start = time.perf_counter()
+    again = build_z_image_pipeline(tmp_path / "again", seed=0)
+    assert time.perf_counter() - start < 10  # about 0.5 s once the vocabulary is cached, 2.5 s before
+    expected, actual = _safetensors_tensors(folder), _safetensors_tensors(again)
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, rtol=0, atol=0, msg=name)
+    assert (again / "tokenizer" / "tokenizer.json").read_bytes() == (
+        folder / "tokenizer" / "tokenizer.json"
+    ).read_bytes()
+
+    other_seed = _safetensors_tensors(build_z_image_pipeline(tmp_path / "other", seed=1))
+    name = "transformer/diffusion_pytorch_model.safetensors:layers.0.attention.to_q.weight"
+    assert not torch.equal(other_seed[name], expected[name])
