@@ -3,8 +3,6 @@
 import argparse
 import json
 
-from easel.runtime.server_args import PRECISIONS
-
 
 def add_generate_parser(commands) -> None:
     parser = commands.add_parser("generate", help="generate images from a prompt", description=__doc__)
@@ -12,7 +10,7 @@ def add_generate_parser(commands) -> None:
     model = parser.add_argument_group("model and engine")
     model.add_argument("--model-path", required=True, help="a Diffusers-format folder or a Hugging Face id")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: a GPU when there is one)")
-    precisions = ["auto", *PRECISIONS]
+    precisions = ["auto", "fp32", "bf16", "fp16"]  # ServerArgs.PRECISIONS; spelled out so --help needs no torch
     for kind in ("dit", "vae", "text-encoder"):
         model.add_argument(f"--{kind}-precision", default="auto", choices=precisions, help=f"{kind} weights dtype")
     model.add_argument("--attention-backend", default="torch_sdpa", help="attention implementation")
