@@ -6,7 +6,6 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
@@ -14,10 +13,10 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle
 from diffusers.models.transformers.transformer_flux import FluxAttention
 
+from easel.testing.conditioning import strengthen_conditioning
 from easel.testing.seeding import seeded
 from easel.testing.text_encoders import TEXT_ENCODER_HIDDEN_SIZE, build_clip_text_encoder, build_t5_encoder
 from easel.testing.tokenizers import build_clip_tokenizer, build_t5_tokenizer
@@ -106,20 +105,9 @@ FLUX_VARIANTS: dict[str, FluxVariant] = {
     ),
 }
 
-# Default (PyTorch) init leaves a random FLUX transformer nearly blind to its prompt: its output is close to a
-# linear map of the noise, and two prompts move the decoded pixels by only about 1e-2. Parity tests need the
-# prompt to matter, so three inits are scaled to the magnitudes a trained model works at:
-# - the conditioning vector (timestep + guidance + pooled CLIP) comes out of its embedders with std about 0.25, so
-#   the AdaLN modulation is dominated by its random biases; scaled 4x it has unit std.
-CONDITIONING_EMBEDDING_GAIN = 4.0
-# - the AdaLN shift/scale/gate projections then give gates of about 0.35; scaled 2x the blocks' updates (and the
-#   final shift/scale) are of the order of the residual stream instead of a small correction to it.
-MODULATION_GAIN = 2.0
-# - query/key RMSNorm weights of 1 give attention logits of unit std, spreading each image token's attention evenly
-#   over the 512 mostly-padding T5 tokens, which washes out the few prompt tokens; 2x makes attention selective.
-QUERY_KEY_NORM_GAIN = 2.0
-# Together, measured over seeds 0-4 at 64x64 and 48x80 with 2 steps: a prompt change moves the pixels by 0.06-0.75
-# and a T5-only change by 0.02-0.18, about 10x what the default init gives; outputs stay within 3e-6 of float64.
+# With the inits of easel/testing/conditioning.py, measured over seeds 0-4 at 64x64 and 48x80 with 2 steps: a prompt
+# change moves the pixels by 0.06-0.75 and a T5-only change by 0.02-0.18, about 10x what the default init gives;
+# outputs stay within 3e-6 of float64.
 
 # Each component draws its weights from its own seed, derived from the build's seed.
 _COMPONENT_SEED_OFFSETS = {"text_encoder": 0, "text_encoder_2": 1, "transformer": 2, "vae": 3}
@@ -151,7 +139,9 @@ def build_flux_pipeline(
                 **(transformer_config or {}),
             }
         )
-        _strengthen_conditioning(transformer)
+        strengthen_conditioning(
+            transformer, (AdaLayerNormZero, AdaLayerNormZeroSingle, AdaLayerNormContinuous), (FluxAttention,)
+        )
     with seeded(seed + _COMPONENT_SEED_OFFSETS["vae"]):
         vae = AutoencoderKL(**TINY_FLUX_VAE_CONFIG)
     pipeline = flux_variant.pipeline_cls(
@@ -166,20 +156,3 @@ def build_flux_pipeline(
     output_path = pathlib.Path(path)
     pipeline.save_pretrained(output_path)
     return output_path
-
-
-@torch.no_grad()
-def _strengthen_conditioning(transformer: FluxTransformer2DModel) -> None:
-    """Scale the inits that carry the prompt and timestep (see `CONDITIONING_EMBEDDING_GAIN` and below)."""
-    for embedder in transformer.time_text_embed.children():
-        if isinstance(embedder, TimestepEmbedding | PixArtAlphaTextProjection):
-            for parameter in embedder.linear_2.parameters():
-                parameter.mul_(CONDITIONING_EMBEDDING_GAIN)
-    for module in transformer.modules():
-        if isinstance(module, AdaLayerNormZero | AdaLayerNormZeroSingle | AdaLayerNormContinuous):
-            module.linear.weight.mul_(MODULATION_GAIN)
-        if isinstance(module, FluxAttention):
-            for norm_name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
-                norm = getattr(module, norm_name, None)
-                if norm is not None:
-                    norm.weight.mul_(QUERY_KEY_NORM_GAIN)

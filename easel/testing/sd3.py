@@ -5,12 +5,11 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from diffusers.models.attention_processor import Attention
-from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, SD35AdaLayerNormZeroX
 
+from easel.testing.conditioning import strengthen_conditioning
 from easel.testing.seeding import seeded
 from easel.testing.text_encoders import (
     TEXT_ENCODER_HIDDEN_SIZE,
@@ -74,21 +73,9 @@ TINY_SD3_VAE_CONFIG: dict[str, Any] = {
 # shift of 3, no resolution-dependent shifting.
 SD3_SCHEDULER_CONFIG: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0}
 
-# Default (PyTorch) init leaves a random SD3 transformer weakly conditioned, as it does FLUX (easel/testing/flux.py):
-# over seeds 0-4 at 64x64 and 48x80 (2 steps, CFG 4.5), a prompt change moves the pixels by 0.06 at least but a
-# T5-only change (`prompt_3`) by as little as 3e-3. Parity tests need every text input to matter, so three inits
-# are scaled to the magnitudes a trained model works at:
-# - the conditioning vector (timestep + pooled CLIP-L/G) comes out of its embedders with std about 0.23, so the
-#   adaLN modulation is dominated by its random biases; scaled 4x it has about unit std.
-CONDITIONING_EMBEDDING_GAIN = 4.0
-# - the adaLN shift/scale/gate projections then give vectors of std about 0.35; scaled 2x the blocks' updates (and
-#   the final shift/scale) are of the order of the residual stream instead of a small correction to it.
-MODULATION_GAIN = 2.0
-# - query/key RMSNorm weights of 1 give attention logits of unit std, spreading each image token's attention evenly
-#   over the 333 text tokens (77 CLIP + 256 T5, mostly padding); 2x makes attention selective.
-QUERY_KEY_NORM_GAIN = 2.0
-# Together, over the same seeds and sizes: a prompt change moves the pixels by 0.49 at least, a T5-only change by
-# 0.019 at least, with or without skip-layer guidance; fp32 outputs stay within 1e-5 of float64.
+# With the inits of easel/testing/conditioning.py, over seeds 0-4 at 64x64 and 48x80 (2 steps, CFG 4.5): a prompt
+# change moves the pixels by 0.49 at least, a T5-only change (`prompt_3`) by 0.019 at least (3e-3 with the default
+# init), with or without skip-layer guidance; fp32 outputs stay within 1e-5 of float64.
 
 # Each component draws its weights from its own seed, derived from the build's seed.
 _COMPONENT_SEED_OFFSETS = {"text_encoder": 0, "text_encoder_2": 1, "text_encoder_3": 2, "transformer": 3, "vae": 4}
@@ -114,7 +101,9 @@ def build_sd3_pipeline(
         text_encoder_3 = build_t5_encoder(tokenizer_3)
     with seeded(seed + _COMPONENT_SEED_OFFSETS["transformer"]):
         transformer = SD3Transformer2DModel(**{**TINY_SD3_TRANSFORMER_CONFIG, **(transformer_config or {})})
-        _strengthen_conditioning(transformer)
+        strengthen_conditioning(
+            transformer, (AdaLayerNormZero, SD35AdaLayerNormZeroX, AdaLayerNormContinuous), (Attention,)
+        )
     with seeded(seed + _COMPONENT_SEED_OFFSETS["vae"]):
         vae = AutoencoderKL(**TINY_SD3_VAE_CONFIG)
     pipeline = StableDiffusion3Pipeline(
@@ -131,23 +120,6 @@ def build_sd3_pipeline(
     output_path = pathlib.Path(path)
     pipeline.save_pretrained(output_path)
     return output_path
-
-
-@torch.no_grad()
-def _strengthen_conditioning(transformer: SD3Transformer2DModel) -> None:
-    """Scale the inits that carry the prompt and timestep (see `CONDITIONING_EMBEDDING_GAIN` and below)."""
-    for embedder in transformer.time_text_embed.children():
-        if isinstance(embedder, TimestepEmbedding | PixArtAlphaTextProjection):
-            for parameter in embedder.linear_2.parameters():
-                parameter.mul_(CONDITIONING_EMBEDDING_GAIN)
-    for module in transformer.modules():
-        if isinstance(module, AdaLayerNormZero | SD35AdaLayerNormZeroX | AdaLayerNormContinuous):
-            module.linear.weight.mul_(MODULATION_GAIN)
-        if isinstance(module, Attention):
-            for norm_name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
-                norm = getattr(module, norm_name, None)
-                if norm is not None:
-                    norm.weight.mul_(QUERY_KEY_NORM_GAIN)
 
 
 # kind -> builder(path, seed), for `easel.testing.TINY_PIPELINE_BUILDERS`.

@@ -19,6 +19,7 @@ from diffusers.models.transformers.transformer_z_image import FinalLayer, ZImage
 from tokenizers import AddedToken
 from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
 
+from easel.testing.conditioning import CONDITIONING_EMBEDDING_GAIN, MODULATION_GAIN
 from easel.testing.flux import TINY_FLUX_VAE_CONFIG
 from easel.testing.qwen_tokenizer import (
     ENDOFTEXT,
@@ -110,11 +111,8 @@ Z_IMAGE_SCHEDULER_CONFIGS: dict[str, Mapping[str, Any]] = {
 # another prompt moves the pixels by 0.03-0.08 without CFG, 0.15-0.35 with it), but weakly: the timestep MLP's
 # output (std about 0.13) barely moves the adaLN scales and tanh gates off their random biases, so each block is a
 # small correction. Two inits are scaled towards the magnitudes a trained model works at:
-# - the conditioning vector (the timestep MLP's output), to std about 0.5;
-CONDITIONING_EMBEDDING_GAIN = 4.0
-# - the adaLN projections (blocks and final layer), so scales and gates are of order one and each block's update is
-#   of the order of the residual stream.
-MODULATION_GAIN = 2.0
+# the conditioning vector (the timestep MLP's output, to std about 0.5) and the adaLN projections (blocks and final
+# layer), with the gains of easel/testing/conditioning.py.
 # Together, measured the same way: a prompt change moves the pixels by 0.06-0.21 without CFG and 0.29-0.78 with it
 # (guidance 4, a negative prompt), about 2-3x the default init.
 # The pad tokens (initialized with torch.empty by Diffusers) get unit-normal values: they are attended to.

@@ -3,13 +3,17 @@
 from easel.runtime.layers.attention import attention, available_attention_backends, set_attention_backend
 from easel.runtime.layers.embeddings import MLPEmbedder, timestep_embedding
 from easel.runtime.layers.layernorm import (
+    AdaLNContinuous,
     LayerNormScaleShift,
     RMSNorm,
     RMSNormCastBeforeWeight,
     RMSNormScaleShift,
     apply_qk_norm,
+    clip_fp16,
+    modulate,
 )
 from easel.runtime.layers.linear import ColumnParallelLinear, RowParallelLinear
+from easel.runtime.layers.mlp import FeedForward
 from easel.runtime.layers.rotary import (
     apply_rotary_emb,
     multi_axis_rope_frequencies,
@@ -18,7 +22,9 @@ from easel.runtime.layers.rotary import (
 )
 
 __all__ = [
+    "AdaLNContinuous",
     "ColumnParallelLinear",
+    "FeedForward",
     "LayerNormScaleShift",
     "MLPEmbedder",
     "RMSNorm",
@@ -27,6 +33,8 @@ __all__ = [
     "RowParallelLinear",
     "apply_qk_norm",
     "apply_rotary_emb",
+    "clip_fp16",
+    "modulate",
     "attention",
     "available_attention_backends",
     "multi_axis_rope_frequencies",

@@ -63,3 +63,25 @@ def apply_qk_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalizes each head of query and key, (B, L, H, D), over D; keeps attention logits bounded."""
     return query_norm(query), key_norm(key)
+
+
+class AdaLNContinuous(nn.Module):
+    """adaLN without gates: a LayerNorm modulated by the conditioning (the DiTs' final layer)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+        self.norm = LayerNormScaleShift(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # Laid out (scale, shift), the reverse of adaLN-Zero's (shift, scale), as in Diffusers' checkpoints.
+        scale, shift = self.linear(F.silu(cond).to(x.dtype)).chunk(2, dim=1)
+        return self.norm(x, shift, scale)
+
+
+FP16_MAX = 65504.0
+
+
+def clip_fp16(x: torch.Tensor) -> torch.Tensor:
+    """Clips a residual stream to fp16's range, as Diffusers does: DiT activations can overflow fp16."""
+    return x.clip(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x

@@ -14,7 +14,9 @@ from torch import nn
 
 from easel.configs.models.dits.flux import FluxDitConfig
 from easel.runtime.layers import (
+    AdaLNContinuous,
     ColumnParallelLinear,
+    FeedForward,
     LayerNormScaleShift,
     MLPEmbedder,
     RMSNorm,
@@ -22,6 +24,7 @@ from easel.runtime.layers import (
     apply_qk_norm,
     apply_rotary_emb,
     attention,
+    clip_fp16,
     multi_axis_rope_frequencies,
     timestep_embedding,
 )
@@ -29,14 +32,8 @@ from easel.runtime.layers import (
 # The sinusoid width the timestep and guidance embedders start from (fixed by the FLUX checkpoints).
 TIMESTEP_SINUSOID_DIM = 256
 ROPE_THETA = 10000.0
-FP16_MAX = 65504.0
 
 FreqsCis = tuple[torch.Tensor, torch.Tensor]
-
-
-def _clip_fp16(x: torch.Tensor) -> torch.Tensor:
-    """Clips the residual stream to fp16's range, as Diffusers does: FLUX activations can overflow fp16."""
-    return x.clip(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x
 
 
 #################################################################################
@@ -169,30 +166,6 @@ class JointAttention(nn.Module):
         return self.to_out[0](out.contiguous()), self.to_add_out(context_out.contiguous())
 
 
-class TanhGELUProjection(nn.Module):
-    """A linear layer followed by the tanh-approximated GELU."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.proj = ColumnParallelLinear(dim, hidden_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.proj(x), approximate="tanh")
-
-
-class FeedForward(nn.Module):
-    """The transformer MLP: dim -> 4 dim -> GELU -> dim."""
-
-    def __init__(self, dim: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        hidden_dim = int(dim * mlp_ratio)
-        # Index-style names mirror Diffusers' checkpoint keys (`net.0.proj`, `net.2`); index 1 is its dropout.
-        self.net = nn.Sequential(TanhGELUProjection(dim, hidden_dim), nn.Identity(), RowParallelLinear(hidden_dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 #################################################################################
 #                                  FLUX blocks                                  #
 #################################################################################
@@ -225,7 +198,7 @@ class FluxDoubleStreamBlock(nn.Module):
 
         context = context + c_gate_attn[:, None] * context_attn_out
         context = context + c_gate_mlp[:, None] * self.ff_context(self.norm2_context(context, c_shift_mlp, c_scale_mlp))
-        return x, _clip_fp16(context)
+        return x, clip_fp16(context)
 
 
 class FluxSingleStreamBlock(nn.Module):
@@ -247,21 +220,7 @@ class FluxSingleStreamBlock(nn.Module):
         mlp_out = F.gelu(self.proj_mlp(x_norm), approximate="tanh")  # (B, T + L, 4 D)
         attn_out = self.attn(x_norm, freqs_cis)  # (B, T + L, D)
         x = x + gate[:, None] * self.proj_out(torch.cat([attn_out, mlp_out], dim=2))
-        return _clip_fp16(x)
-
-
-class AdaLNContinuous(nn.Module):
-    """Final adaLN: a LayerNorm modulated by the conditioning, before the output projection."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.linear = nn.Linear(dim, 2 * dim)
-        self.norm = LayerNormScaleShift(dim, eps=1e-6)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        # The final layer's projection is laid out (scale, shift), the reverse of the blocks' (shift, scale).
-        scale, shift = self.linear(F.silu(cond).to(x.dtype)).chunk(2, dim=1)
-        return self.norm(x, shift, scale)
+        return clip_fp16(x)
 
 
 #################################################################################

@@ -18,17 +18,19 @@ from torch import nn
 
 from easel.configs.models.dits.sd3 import SD3DitConfig
 from easel.runtime.layers import (
+    AdaLNContinuous,
     ColumnParallelLinear,
+    FeedForward,
     LayerNormScaleShift,
     MLPEmbedder,
     RMSNormCastBeforeWeight,
     RowParallelLinear,
     apply_qk_norm,
     attention,
+    modulate,
     timestep_embedding,
 )
 from easel.runtime.layers.embeddings import sincos_2d_position_embedding
-from easel.runtime.layers.layernorm import modulate
 
 # The sinusoid width the timestep embedder starts from (fixed by the SD3 checkpoints).
 TIMESTEP_SINUSOID_DIM = 256
@@ -120,20 +122,6 @@ class AdaLNZero(nn.Module):
         return F.layer_norm(x, (self.dim,), eps=NORM_EPS), vectors
 
 
-class AdaLNContinuous(nn.Module):
-    """adaLN without gates: a LayerNorm modulated by the conditioning (final layer; last block's text stream)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.linear = nn.Linear(dim, 2 * dim)
-        self.norm = LayerNormScaleShift(dim, eps=NORM_EPS)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        # Laid out (scale, shift), the reverse of adaLN-Zero's (shift, scale).
-        scale, shift = self.linear(F.silu(cond).to(x.dtype)).chunk(2, dim=1)
-        return self.norm(x, shift, scale)
-
-
 class SD3Attention(nn.Module):
     """Multi-head attention with optional qk RMSNorm; joint over [image | text] when it has a text stream.
 
@@ -200,30 +188,6 @@ class SD3Attention(nn.Module):
         # The halves are strided views, passed on as they are, like Diffusers, so kernels (and bf16 bits) agree.
         context_out = self.to_add_out(context_out) if self.to_add_out is not None else None
         return self.to_out[0](out), context_out
-
-
-class TanhGELUProjection(nn.Module):
-    """A linear layer followed by the tanh-approximated GELU."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.proj = ColumnParallelLinear(dim, hidden_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.proj(x), approximate="tanh")
-
-
-class FeedForward(nn.Module):
-    """The transformer MLP: dim -> 4 dim -> GELU -> dim."""
-
-    def __init__(self, dim: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        hidden_dim = int(dim * mlp_ratio)
-        # Index-style names mirror Diffusers' checkpoint keys (`net.0.proj`, `net.2`); index 1 is its dropout.
-        self.net = nn.Sequential(TanhGELUProjection(dim, hidden_dim), nn.Identity(), RowParallelLinear(hidden_dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 #################################################################################
