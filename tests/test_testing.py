@@ -7,31 +7,26 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline
-from diffusers.utils import logging as diffusers_logging
-from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from easel.testing import TINY_PIPELINE_BUILDERS, build_tiny_pipeline
 from easel.testing.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from tests.tiny_builders import (
+    MIN_CONDITIONING_EFFECT,
+    NEGATIVE_PROMPT,
+    OTHER_PROMPT,
+    PROMPT,
+    assert_other_weights,
+    assert_same_weights,
+    load_reference,
+)
 
 FLUX_KINDS = ["flux", "flux-schnell"]
-PROMPT = "a red circle on a blue background"
-OTHER_PROMPT = "a cat"
-NEGATIVE_PROMPT = "blurry, low quality"
-# Downstream parity tests compare at 1e-4 and need a prompt change to move pixels by 10x that; ask for 100x.
-MIN_CONDITIONING_EFFECT = 1e-2
 
 
 @pytest.fixture(scope="module")
 def flux_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
     return {kind: build_tiny_pipeline(kind, tmp_path_factory.mktemp(kind)) for kind in FLUX_KINDS}
-
-
-def _load_flux(path: pathlib.Path) -> FluxPipeline:
-    diffusers_logging.disable_progress_bar()
-    pipeline = FluxPipeline.from_pretrained(path)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def _generate(pipeline: FluxPipeline, height: int, width: int, **call_kwargs) -> np.ndarray:
@@ -43,14 +38,6 @@ def _generate(pipeline: FluxPipeline, height: int, width: int, **call_kwargs) ->
         output_type="np",
         **call_kwargs,
     ).images
-
-
-def _safetensors_tensors(folder: pathlib.Path) -> dict[str, torch.Tensor]:
-    return {
-        f"{file.relative_to(folder)}:{name}": tensor
-        for file in sorted(folder.rglob("*.safetensors"))
-        for name, tensor in load_file(file).items()
-    }
 
 
 @pytest.mark.parametrize("kind", FLUX_KINDS)
@@ -65,7 +52,7 @@ def test_flux_folder_has_the_diffusers_layout(flux_folders: dict[str, pathlib.Pa
     assert model_index.get("feature_extractor", [None, None]) == [None, None]
     assert not list(folder.rglob("*.bin")), "weights must be safetensors"
 
-    pipeline = _load_flux(folder)
+    pipeline = load_reference(FluxPipeline, folder)
     is_dev = kind == "flux"
     assert pipeline.transformer.config.guidance_embeds is is_dev
     assert pipeline.transformer.config.in_channels == 64
@@ -82,7 +69,7 @@ def test_flux_folder_has_the_diffusers_layout(flux_folders: dict[str, pathlib.Pa
 def test_flux_output_is_sensitive_to_prompt_and_negative_prompt(
     flux_folders: dict[str, pathlib.Path], kind: str, height: int, width: int
 ) -> None:
-    pipeline = _load_flux(flux_folders[kind])
+    pipeline = load_reference(FluxPipeline, flux_folders[kind])
     image = _generate(pipeline, height, width, prompt=PROMPT)
     other_prompt_image = _generate(pipeline, height, width, prompt=OTHER_PROMPT)
     negative_prompt_image = _generate(
@@ -97,16 +84,9 @@ def test_flux_output_is_sensitive_to_prompt_and_negative_prompt(
 
 
 def test_build_is_deterministic_per_seed(tmp_path: pathlib.Path) -> None:
-    first = _safetensors_tensors(build_tiny_pipeline("flux", tmp_path / "first", seed=3))
-    second = _safetensors_tensors(build_tiny_pipeline("flux", tmp_path / "second", seed=3))
-    other_seed = _safetensors_tensors(build_tiny_pipeline("flux", tmp_path / "other_seed", seed=4))
-
-    assert first.keys() == second.keys() == other_seed.keys()
-    assert all(torch.equal(first[name], second[name]) for name in first)
-    assert not torch.equal(
-        first["transformer/diffusion_pytorch_model.safetensors:x_embedder.weight"],
-        other_seed["transformer/diffusion_pytorch_model.safetensors:x_embedder.weight"],
-    )
+    first = build_tiny_pipeline("flux", tmp_path / "first", seed=3)
+    assert_same_weights(first, build_tiny_pipeline("flux", tmp_path / "second", seed=3))
+    assert_other_weights(first, build_tiny_pipeline("flux", tmp_path / "other_seed", seed=4))
 
 
 def test_build_leaves_the_callers_random_stream_alone(tmp_path: pathlib.Path) -> None:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
-from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file
 
 from easel.configs.models.dits.sd3 import SD3DitConfig
@@ -15,12 +14,16 @@ from easel.configs.models.vaes.sd3 import SD3VAEConfig
 from easel.runtime.models.dits.sd3 import SD3Transformer2DModel
 from easel.testing.sd3 import SD3_BUILDERS, TINY_SD3_SKIP_GUIDANCE_LAYERS, build_sd3_pipeline
 from easel.testing.tokenizers import build_clip_tokenizer, build_open_clip_tokenizer
+from tests.tiny_builders import (
+    MIN_CONDITIONING_EFFECT,
+    NEGATIVE_PROMPT,
+    OTHER_PROMPT,
+    PROMPT,
+    assert_other_weights,
+    assert_same_weights,
+    load_reference,
+)
 
-PROMPT = "a red circle on a blue background"
-OTHER_PROMPT = "a cat"
-NEGATIVE_PROMPT = "blurry, low quality"
-# Downstream parity tests compare at 1e-4 and need a prompt change to move pixels by 10x that; ask for 100x.
-MIN_CONDITIONING_EFFECT = 1e-2
 # Skip-layer guidance only acts on steps i with start * steps < i < stop * steps (strict), so never on step 0, and
 # with the default stop of 0.2 on no step below 6 steps. Tests set the stop to 1.0.
 SKIP_LAYER_GUIDANCE = dict(skip_guidance_layers=TINY_SD3_SKIP_GUIDANCE_LAYERS, skip_layer_guidance_stop=1.0)
@@ -34,10 +37,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def pipeline(folder: pathlib.Path) -> StableDiffusion3Pipeline:
-    diffusers_logging.disable_progress_bar()
-    pipeline = StableDiffusion3Pipeline.from_pretrained(folder)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return load_reference(StableDiffusion3Pipeline, folder)
 
 
 def _generate(pipeline: StableDiffusion3Pipeline, height: int, width: int, **call_kwargs) -> np.ndarray:
@@ -49,14 +49,6 @@ def _generate(pipeline: StableDiffusion3Pipeline, height: int, width: int, **cal
         output_type="np",
         **call_kwargs,
     ).images
-
-
-def _safetensors_tensors(folder: pathlib.Path) -> dict[str, torch.Tensor]:
-    return {
-        f"{file.relative_to(folder)}:{name}": tensor
-        for file in sorted(folder.rglob("*.safetensors"))
-        for name, tensor in load_file(file).items()
-    }
 
 
 def test_folder_has_the_diffusers_layout(folder: pathlib.Path, pipeline: StableDiffusion3Pipeline) -> None:
@@ -154,16 +146,12 @@ def test_build_is_deterministic(tmp_path: pathlib.Path, folder: pathlib.Path) ->
     again = build_sd3_pipeline(tmp_path / "again", seed=0)
     other_seed = build_sd3_pipeline(tmp_path / "other", seed=1)
 
-    expected = _safetensors_tensors(folder)
-    actual = _safetensors_tensors(again)
-    assert actual.keys() == expected.keys()
-    assert all(torch.equal(actual[name], expected[name]) for name in expected)
+    assert_same_weights(folder, again)
     for file in sorted(folder.rglob("*")):
         if file.is_file() and file.suffix != ".safetensors":
             assert (again / file.relative_to(folder)).read_bytes() == file.read_bytes(), file.name
 
-    reseeded = _safetensors_tensors(other_seed)
-    assert any(not torch.equal(reseeded[name], expected[name]) for name in expected)
+    assert_other_weights(folder, other_seed)
 
 
 def test_open_clip_tokenizer_differs_from_clip_only_in_padding() -> None:
