@@ -10,6 +10,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, SD35AdaLayerNormZeroX
 
 from easel.testing.conditioning import strengthen_conditioning
+from easel.testing.flux import TINY_FLUX_VAE_CONFIG
 from easel.testing.seeding import seeded
 from easel.testing.text_encoders import (
     TEXT_ENCODER_HIDDEN_SIZE,
@@ -51,23 +52,8 @@ SD3_MEDIUM_TRANSFORMER_OVERRIDES: dict[str, Any] = {"dual_attention_layers": (),
 # Skip-layer guidance over middle blocks, as StabilityAI recommends [7, 8, 9] of SD3.5-medium's 24.
 TINY_SD3_SKIP_GUIDANCE_LAYERS = [1, 2]
 
-# SD3's VAE geometry (8x spatial compression, 16 latent channels, its latent statistics, no quant convs) with one
-# thin layer per block.
-TINY_SD3_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (8, 8, 8, 8),
-    "layers_per_block": 1,
-    "norm_num_groups": 4,
-    "latent_channels": SD3_LATENT_CHANNELS,
-    "sample_size": 64,
-    "scaling_factor": 1.5305,
-    "shift_factor": 0.0609,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-}
+# FLUX.1's thin VAE geometry (8x, 16 latent channels, no quant convs) with SD3's latent statistics.
+TINY_SD3_VAE_CONFIG: dict[str, Any] = {**TINY_FLUX_VAE_CONFIG, "scaling_factor": 1.5305, "shift_factor": 0.0609}
 
 # `stabilityai/stable-diffusion-3-medium-diffusers/scheduler/scheduler_config.json` (SD3.5 has the same): a fixed
 # shift of 3, no resolution-dependent shifting.
