@@ -14,10 +14,12 @@ from typing import Any
 
 from easel.configs.pipeline_configs.base import PipelineConfig
 from easel.configs.pipeline_configs.flux import FluxKontextPipelineConfig, FluxPipelineConfig
+from easel.configs.pipeline_configs.qwen_image import QwenImagePipelineConfig
 from easel.configs.pipeline_configs.sd3 import SD3PipelineConfig
 from easel.configs.pipeline_configs.z_image import ZImagePipelineConfig
 from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
+from easel.configs.sample.qwen_image import QwenImageSamplingParams
 from easel.configs.sample.sd3 import SD3SamplingParams
 from easel.configs.sample.z_image import ZImageSamplingParams, ZImageTurboSamplingParams
 from easel.errors import ModelLoadError
@@ -146,4 +148,11 @@ register_configs(
     sampling_param_cls=ZImageSamplingParams,
     pipeline_config_cls=ZImagePipelineConfig,
     hf_model_paths=["Tongyi-MAI/Z-Image"],
+)
+register_configs(
+    model_family="qwen-image",
+    sampling_param_cls=QwenImageSamplingParams,
+    pipeline_config_cls=QwenImagePipelineConfig,
+    hf_model_paths=["Qwen/Qwen-Image", "Qwen/Qwen-Image-2512"],
+    model_detectors=[lambda index: index["_class_name"] == "QwenImagePipeline"],
 )

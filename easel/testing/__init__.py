@@ -12,6 +12,7 @@ from easel.testing.flux import (
     TINY_FLUX_VAE_CONFIG,
     build_flux_pipeline,
 )
+from easel.testing.qwen_image import QWEN_IMAGE_BUILDERS
 from easel.testing.sd3 import SD3_BUILDERS
 from easel.testing.z_image import Z_IMAGE_BUILDERS
 
@@ -22,6 +23,7 @@ TINY_PIPELINE_BUILDERS: dict[str, PipelineBuilder] = {
     "flux": functools.partial(build_flux_pipeline, variant="dev"),
     "flux-schnell": functools.partial(build_flux_pipeline, variant="schnell"),
     "flux-kontext": functools.partial(build_flux_pipeline, variant="kontext"),
+    **QWEN_IMAGE_BUILDERS,
     **SD3_BUILDERS,
     **Z_IMAGE_BUILDERS,
 }

@@ -1,0 +1,13 @@
+"""Qwen-Image sampling defaults, as Diffusers' Qwen-Image pipelines give them."""
+
+import dataclasses
+
+from easel.configs.sample.base import SamplingParams
+
+
+@dataclasses.dataclass
+class QwenImageSamplingParams(SamplingParams):
+    """50 steps; true CFG 4.0, which runs when a negative prompt is given."""
+
+    num_inference_steps: int = 50
+    true_cfg_scale: float = 4.0
