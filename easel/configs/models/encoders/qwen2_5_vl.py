@@ -29,7 +29,9 @@ class QwenVLTextConfig(TextEncoderConfig):
         hidden = text_encoder(
             input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
         ).hidden_states[-1]
-        per_prompt = [states[keep.bool()][self.drop_tokens :] for states, keep in zip(hidden, tokens.attention_mask)]
+        per_prompt = [
+            states[keep.bool()][self.drop_tokens :] for states, keep in zip(hidden, tokens.attention_mask, strict=True)
+        ]
         return self.pad(per_prompt, batch)
 
     @staticmethod
