@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from easel.errors import EaselError, ModelLoadError
+from easel.runtime.loader.processors import PROCESSOR_LOADERS
 from easel.runtime.loader.weights import load_state_dict
 from easel.runtime.server_args import ServerArgs
 
@@ -82,6 +83,8 @@ def load_dit(dit_cls: type[torch.nn.Module], folder: Path, server_args: ServerAr
 def _load_from_library(name: str, library: str, class_name: str, folder: Path, server_args: ServerArgs) -> Any:
     if library not in LIBRARIES:
         raise ModelLoadError(f"{name} comes from {library!r}; Easel loads components from {LIBRARIES}")
+    if class_name in PROCESSOR_LOADERS:
+        return PROCESSOR_LOADERS[class_name](folder)
     cls = getattr(importlib.import_module(library), class_name, None)
     if cls is None:
         raise ModelLoadError(f"{library} has no class {class_name} (named for {name} in model_index.json)")
