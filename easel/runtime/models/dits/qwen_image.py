@@ -290,11 +290,6 @@ class QwenImageTransformer2DModel(nn.Module):
         self.norm_out = AdaLNContinuous(dim, eps=EPS)
         self.proj_out = nn.Linear(dim, config.patch_size * config.patch_size * out_channels)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights (all share one)."""
-        return next(self.parameters()).dtype
-
     def forward(
         self,
         hidden_states: torch.Tensor,

@@ -295,11 +295,6 @@ class SD3Transformer2DModel(nn.Module):
         self.norm_out = AdaLNContinuous(dim)
         self.proj_out = nn.Linear(dim, config.patch_size * config.patch_size * self.out_channels)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights (all share one)."""
-        return next(self.parameters()).dtype
-
     def forward(
         self,
         hidden_states: torch.Tensor,

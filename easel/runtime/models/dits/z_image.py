@@ -355,11 +355,6 @@ class ZImageTransformer2DModel(nn.Module):
         # Parameter-free: the pipeline calls it once per request and passes the layout to every step.
         self.rotary_emb = ZImageLayoutEmbedding(config.axes_dims, config.rope_theta)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights (all share one)."""
-        return next(self.parameters()).dtype
-
     def _embed_captions(self, cap_feats: Sequence[torch.Tensor], layout: ZImageSequenceLayout) -> torch.Tensor:
         """Caption features B x (L_i, cap_feat_dim) -> (B, T, D): tokens, then pad tokens to a multiple of 32,
         then zeros (batch padding, masked)."""
