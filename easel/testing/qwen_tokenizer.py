@@ -10,6 +10,7 @@ rebuilt from the ranks, then the 22 Qwen2.5-VL special tokens are added at 15164
 import base64
 import functools
 import importlib.resources
+from collections.abc import Sequence
 
 from tokenizers import AddedToken
 from transformers import Qwen2Tokenizer
@@ -92,10 +93,13 @@ def qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def build_qwen2_5_vl_tokenizer() -> Qwen2Tokenizer:
-    """The Qwen2.5-VL tokenizer (Qwen-Image's `tokenizer/`): real vocabulary, merges and added tokens."""
+def build_qwen_tokenizer(
+    special_tokens: Sequence[str], other_added_tokens: Sequence[str], chat_template: str | None = None
+) -> Qwen2Tokenizer:
+    """A Qwen tokenizer on the real vocabulary and merges, with the model's added tokens at their real ids (from
+    151643): `special_tokens` (the first is end-of-text) marked special, `other_added_tokens` after them."""
     vocab, merges = qwen_vocab_and_merges()
-    added_tokens = [*QWEN2_5_VL_SPECIAL_TOKENS, *QWEN2_5_VL_OTHER_ADDED_TOKENS]
+    added_tokens = [*special_tokens, *other_added_tokens]
     # In the vocabulary at their real ids; otherwise the constructor would append eos and pad first, in its order.
     vocab = {**vocab, **{token: QWEN_FIRST_ADDED_TOKEN_ID + index for index, token in enumerate(added_tokens)}}
     tokenizer = Qwen2Tokenizer(
@@ -108,12 +112,18 @@ def build_qwen2_5_vl_tokenizer() -> Qwen2Tokenizer:
         errors="replace",
         clean_up_tokenization_spaces=False,
         split_special_tokens=False,
+        chat_template=chat_template,
     )
-    added = [AddedToken(token, special=True, normalized=False) for token in QWEN2_5_VL_SPECIAL_TOKENS]
-    added += [AddedToken(token, special=False, normalized=False) for token in QWEN2_5_VL_OTHER_ADDED_TOKENS]
+    added = [AddedToken(token, special=True, normalized=False) for token in special_tokens]
+    added += [AddedToken(token, special=False, normalized=False) for token in other_added_tokens]
     tokenizer.add_tokens(added)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN2_5_VL_SPECIAL_TOKENS[1:])})
+    tokenizer.add_special_tokens({"additional_special_tokens": list(special_tokens[1:])})
     ids = tokenizer.convert_tokens_to_ids(added_tokens)
-    if ids != list(range(QWEN_FIRST_ADDED_TOKEN_ID, QWEN_VOCAB_SIZE)):
+    if ids != list(range(QWEN_FIRST_ADDED_TOKEN_ID, QWEN_FIRST_ADDED_TOKEN_ID + len(added_tokens))):
         raise AssertionError(f"Qwen added tokens landed at {ids[:3]}..., not at {QWEN_FIRST_ADDED_TOKEN_ID}..")
     return tokenizer
+
+
+def build_qwen2_5_vl_tokenizer() -> Qwen2Tokenizer:
+    """The Qwen2.5-VL tokenizer (Qwen-Image's `tokenizer/`): real vocabulary, merges and added tokens."""
+    return build_qwen_tokenizer(QWEN2_5_VL_SPECIAL_TOKENS, QWEN2_5_VL_OTHER_ADDED_TOKENS)

@@ -16,19 +16,11 @@ from typing import Any, Literal
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
 from diffusers.models.transformers.transformer_z_image import FinalLayer, ZImageTransformerBlock
-from tokenizers import AddedToken
 from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
 
 from easel.testing.conditioning import CONDITIONING_EMBEDDING_GAIN, MODULATION_GAIN
 from easel.testing.flux import TINY_FLUX_VAE_CONFIG
-from easel.testing.qwen_tokenizer import (
-    ENDOFTEXT,
-    IM_END,
-    IM_START,
-    QWEN_FIRST_ADDED_TOKEN_ID,
-    QWEN_MAX_LENGTH,
-    qwen_vocab_and_merges,
-)
+from easel.testing.qwen_tokenizer import ENDOFTEXT, IM_END, IM_START, QWEN_FIRST_ADDED_TOKEN_ID, build_qwen_tokenizer
 from easel.testing.seeding import seeded
 
 # Qwen3's added tokens, ids 151643.. in this order (Qwen2.5-VL's 22 plus tool responses and thinking). The first 14
@@ -124,30 +116,7 @@ _COMPONENT_SEED_OFFSETS = {"text_encoder": 0, "transformer": 1, "vae": 2}
 
 def build_qwen3_tokenizer() -> Qwen2Tokenizer:
     """The Qwen3 tokenizer (Z-Image's `tokenizer/`): real vocabulary, merges, added tokens, and a chat template."""
-    vocab, merges = qwen_vocab_and_merges()
-    added_tokens = [*QWEN3_SPECIAL_TOKENS, *QWEN3_OTHER_ADDED_TOKENS]
-    # In the vocabulary at their real ids; otherwise the constructor would append eos and pad first, in its order.
-    vocab = {**vocab, **{token: QWEN_FIRST_ADDED_TOKEN_ID + index for index, token in enumerate(added_tokens)}}
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=list(merges),
-        unk_token=None,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
-        model_max_length=QWEN_MAX_LENGTH,
-        errors="replace",
-        clean_up_tokenization_spaces=False,
-        split_special_tokens=False,
-        chat_template=QWEN3_CHAT_TEMPLATE,
-    )
-    added = [AddedToken(token, special=True, normalized=False) for token in QWEN3_SPECIAL_TOKENS]
-    added += [AddedToken(token, special=False, normalized=False) for token in QWEN3_OTHER_ADDED_TOKENS]
-    tokenizer.add_tokens(added)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN3_SPECIAL_TOKENS[1:])})
-    ids = tokenizer.convert_tokens_to_ids(added_tokens)
-    if ids != list(range(QWEN_FIRST_ADDED_TOKEN_ID, QWEN3_TOKENIZER_SIZE)):
-        raise AssertionError(f"Qwen3 added tokens landed at {ids[:3]}..., not at {QWEN_FIRST_ADDED_TOKEN_ID}..")
-    return tokenizer
+    return build_qwen_tokenizer(QWEN3_SPECIAL_TOKENS, QWEN3_OTHER_ADDED_TOKENS, chat_template=QWEN3_CHAT_TEMPLATE)
 
 
 def build_qwen3_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen3Model:
