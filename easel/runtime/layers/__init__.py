@@ -1,6 +1,11 @@
 """The layer library every Easel DiT is written against; fused kernels and parallelism land here."""
 
-from easel.runtime.layers.attention import attention, available_attention_backends, set_attention_backend
+from easel.runtime.layers.attention import (
+    attention,
+    available_attention_backends,
+    project_qkv,
+    set_attention_backend,
+)
 from easel.runtime.layers.embeddings import MLPEmbedder, timestep_embedding
 from easel.runtime.layers.layernorm import (
     AdaLNContinuous,
@@ -38,6 +43,7 @@ __all__ = [
     "attention",
     "available_attention_backends",
     "multi_axis_rope_frequencies",
+    "project_qkv",
     "polar_rope_frequencies",
     "rope_frequencies",
     "set_attention_backend",

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from easel.errors import EaselError
+from easel.runtime.layers.layernorm import apply_qk_norm
 
 # backend(query, key, value) -> out, all (B, L, H, D); backends that support padding masks also take
 # `attn_mask=` (B, L_k) bool, see `attention`.
@@ -54,3 +55,20 @@ def attention(
     if attn_mask is None:
         return backend(query, key, value)
     return backend(query, key, value, attn_mask=attn_mask)
+
+
+def project_qkv(
+    x: torch.Tensor,
+    to_q: torch.nn.Module,
+    to_k: torch.nn.Module,
+    to_v: torch.nn.Module,
+    q_norm: torch.nn.Module | None,
+    k_norm: torch.nn.Module | None,
+    head_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Projects x (B, L, D) to per-head query, key, value (B, L, H, head_dim), with qk-norm when norms are given."""
+    split = (-1, head_dim)  # the head count follows from the width, which tensor parallelism will shard
+    query, key = to_q(x).unflatten(-1, split), to_k(x).unflatten(-1, split)
+    if q_norm is not None:
+        query, key = apply_qk_norm(query, key, q_norm, k_norm)
+    return query, key, to_v(x).unflatten(-1, split)

@@ -21,11 +21,11 @@ from easel.runtime.layers import (
     MLPEmbedder,
     RMSNorm,
     RowParallelLinear,
-    apply_qk_norm,
     apply_rotary_emb,
     attention,
     clip_fp16,
     multi_axis_rope_frequencies,
+    project_qkv,
     timestep_embedding,
 )
 
@@ -119,35 +119,22 @@ class JointAttention(nn.Module):
             self.add_v_proj = ColumnParallelLinear(dim, inner_dim)
             self.to_add_out = RowParallelLinear(inner_dim, dim)
 
-    def _qkv(
-        self,
-        x: torch.Tensor,
-        to_q: nn.Module,
-        to_k: nn.Module,
-        to_v: nn.Module,
-        q_norm: nn.Module,
-        k_norm: nn.Module,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projects x (B, L, D) to per-head query, key, value (B, L, H, head_dim), with qk-norm applied."""
-        split = (-1, self.head_dim)  # the head count follows from the width, which TP will shard
-        query, key = apply_qk_norm(to_q(x).unflatten(-1, split), to_k(x).unflatten(-1, split), q_norm, k_norm)
-        return query, key, to_v(x).unflatten(-1, split)
-
     def forward(
         self, x: torch.Tensor, freqs_cis: FreqsCis, context: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Single-stream: x is the whole (B, T + L, D) sequence; returns the (B, T + L, inner) attention.
         Double-stream: x is the (B, L, D) image, context the (B, T, D) text; returns both projected outputs.
         """
-        query, key, value = self._qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+        query, key, value = project_qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, self.head_dim)
         if context is not None:
-            context_qkv = self._qkv(
+            context_qkv = project_qkv(
                 context,
                 self.add_q_proj,
                 self.add_k_proj,
                 self.add_v_proj,
                 self.norm_added_q,
                 self.norm_added_k,
+                self.head_dim,
             )
             # Text tokens first, matching the order of freqs_cis.
             query, key, value = (

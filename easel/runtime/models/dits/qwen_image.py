@@ -24,10 +24,10 @@ from easel.runtime.layers import (
     MLPEmbedder,
     RMSNormCastBeforeWeight,
     RowParallelLinear,
-    apply_qk_norm,
     apply_rotary_emb,
     attention,
     clip_fp16,
+    project_qkv,
     timestep_embedding,
 )
 
@@ -177,28 +177,20 @@ class JointAttention(nn.Module):
         self.norm_added_q = RMSNormCastBeforeWeight(head_dim, eps=EPS)
         self.norm_added_k = RMSNormCastBeforeWeight(head_dim, eps=EPS)
 
-    def _qkv(
-        self,
-        x: torch.Tensor,
-        to_q: nn.Module,
-        to_k: nn.Module,
-        to_v: nn.Module,
-        q_norm: nn.Module,
-        k_norm: nn.Module,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projects x (B, L, D) to per-head query, key, value (B, L, H, head_dim), with qk-norm applied."""
-        split = (-1, self.head_dim)  # the head count follows from the width, which TP will shard
-        query, key = apply_qk_norm(to_q(x).unflatten(-1, split), to_k(x).unflatten(-1, split), q_norm, k_norm)
-        return query, key, to_v(x).unflatten(-1, split)
-
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, freqs_cis: FreqsCis, attn_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: image (B, L, D); context: text (B, T, D); freqs_cis: (T + L, head_dim) each; attn_mask: (B, T + L)
         bool or None. Returns the projected image and text outputs."""
-        image_qkv = self._qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
-        text_qkv = self._qkv(
-            context, self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q, self.norm_added_k
+        image_qkv = project_qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, self.head_dim)
+        text_qkv = project_qkv(
+            context,
+            self.add_q_proj,
+            self.add_k_proj,
+            self.add_v_proj,
+            self.norm_added_q,
+            self.norm_added_k,
+            self.head_dim,
         )
         # Text tokens first, matching the order of freqs_cis.
         query, key, value = (torch.cat([t, i], dim=1) for t, i in zip(text_qkv, image_qkv, strict=True))

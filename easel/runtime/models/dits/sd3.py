@@ -25,9 +25,9 @@ from easel.runtime.layers import (
     MLPEmbedder,
     RMSNormCastBeforeWeight,
     RowParallelLinear,
-    apply_qk_norm,
     attention,
     modulate,
+    project_qkv,
     timestep_embedding,
 )
 from easel.runtime.layers.embeddings import sincos_2d_position_embedding
@@ -153,33 +153,23 @@ class SD3Attention(nn.Module):
         self.norm_added_q = RMSNormCastBeforeWeight(head_dim, eps=NORM_EPS) if qk_norm and text_stream else None
         self.norm_added_k = RMSNormCastBeforeWeight(head_dim, eps=NORM_EPS) if qk_norm and text_stream else None
 
-    def _qkv(
-        self,
-        x: torch.Tensor,
-        to_q: nn.Module,
-        to_k: nn.Module,
-        to_v: nn.Module,
-        q_norm: nn.Module | None,
-        k_norm: nn.Module | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projects x (B, L, D) to per-head query, key, value (B, L, H, head_dim), with qk-norm if any."""
-        split = (-1, self.head_dim)  # the head count follows from the width, which TP will shard
-        query, key = to_q(x).unflatten(-1, split), to_k(x).unflatten(-1, split)
-        if q_norm is not None:
-            query, key = apply_qk_norm(query, key, q_norm, k_norm)
-        return query, key, to_v(x).unflatten(-1, split)
-
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Image-only: x (B, L, D) -> (B, L, D). Joint: x and the text tokens context (B, T, D) -> (image output,
         text output or None for "pre_only")."""
-        query, key, value = self._qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+        query, key, value = project_qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, self.head_dim)
         if context is None:
             return self.to_out[0](attention(query, key, value).flatten(2))
 
-        context_qkv = self._qkv(
-            context, self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q, self.norm_added_k
+        context_qkv = project_qkv(
+            context,
+            self.add_q_proj,
+            self.add_k_proj,
+            self.add_v_proj,
+            self.norm_added_q,
+            self.norm_added_k,
+            self.head_dim,
         )
         # Image tokens first (FLUX puts text first); attention is unmasked, so only the split below depends on it.
         query, key, value = (torch.cat([s, c], dim=1) for s, c in zip((query, key, value), context_qkv, strict=True))
