@@ -14,12 +14,18 @@ from typing import Any
 
 from easel.configs.pipeline_configs.base import PipelineConfig
 from easel.configs.pipeline_configs.flux import FluxKontextPipelineConfig, FluxPipelineConfig
-from easel.configs.pipeline_configs.qwen_image import QwenImagePipelineConfig
+from easel.configs.pipeline_configs.qwen_image import (
+    QwenImageEditPipelineConfig,
+    QwenImageEditPlusPipelineConfig,
+    QwenImagePipelineConfig,
+)
+from easel.configs.pipeline_configs.qwen_image_layered import QwenImageLayeredPipelineConfig
 from easel.configs.pipeline_configs.sd3 import SD3PipelineConfig
 from easel.configs.pipeline_configs.z_image import ZImagePipelineConfig
 from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
-from easel.configs.sample.qwen_image import QwenImageSamplingParams
+from easel.configs.sample.qwen_image import QwenImageEditSamplingParams, QwenImageSamplingParams
+from easel.configs.sample.qwen_image_layered import QwenImageLayeredSamplingParams
 from easel.configs.sample.sd3 import SD3SamplingParams
 from easel.configs.sample.z_image import ZImageSamplingParams, ZImageTurboSamplingParams
 from easel.errors import ModelLoadError
@@ -155,4 +161,25 @@ register_configs(
     pipeline_config_cls=QwenImagePipelineConfig,
     hf_model_paths=["Qwen/Qwen-Image", "Qwen/Qwen-Image-2512"],
     model_detectors=[lambda index: index["_class_name"] == "QwenImagePipeline"],
+)
+register_configs(
+    model_family="qwen-image-edit",
+    sampling_param_cls=QwenImageEditSamplingParams,
+    pipeline_config_cls=QwenImageEditPipelineConfig,
+    hf_model_paths=["Qwen/Qwen-Image-Edit"],
+    model_detectors=[lambda index: index["_class_name"] == "QwenImageEditPipeline"],
+)
+register_configs(
+    model_family="qwen-image-edit-plus",
+    sampling_param_cls=QwenImageEditSamplingParams,
+    pipeline_config_cls=QwenImageEditPlusPipelineConfig,
+    hf_model_paths=["Qwen/Qwen-Image-Edit-2509", "Qwen/Qwen-Image-Edit-2511"],
+    model_detectors=[lambda index: index["_class_name"] == "QwenImageEditPlusPipeline"],
+)
+register_configs(
+    model_family="qwen-image-layered",
+    sampling_param_cls=QwenImageLayeredSamplingParams,
+    pipeline_config_cls=QwenImageLayeredPipelineConfig,
+    hf_model_paths=["Qwen/Qwen-Image-Layered"],
+    model_detectors=[lambda index: index["_class_name"] == "QwenImageLayeredPipeline"],
 )

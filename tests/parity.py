@@ -1,9 +1,12 @@
 """The shared parity tester: Easel against a Diffusers pipeline on the same tiny folder and seed.
 
-A model's test subclasses `PipelineParityMixin`, names its tiny kind and Diffusers class, and lists its cases.
+A model's test subclasses `PipelineParityMixin`, names its tiny kind and Diffusers class, and lists its cases
+(`build_folder` and `load_reference` change where the folder comes from and how Diffusers loads it).
 Every case also checks that the comparison can fail: changing the prompt (and the input image, where the case has
 one) must move the output by at least ten times the tolerance.
 """
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,11 +48,21 @@ class PipelineParityMixin:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def pipelines(cls, tiny_pipeline):
-        folder = tiny_pipeline(cls.kind)
-        reference = cls.reference_cls.from_pretrained(folder)
+    def pipelines(cls, tiny_pipeline, tmp_path_factory):
+        folder = cls.build_folder(tiny_pipeline, tmp_path_factory)
+        reference = cls.load_reference(folder)
         reference.set_progress_bar_config(disable=True)
         return DiffGenerator.from_pretrained(folder, progress_bar=False), reference
+
+    @classmethod
+    def build_folder(cls, tiny_pipeline, tmp_path_factory) -> Path:
+        """The model folder both engines load; by default the session's tiny folder of `kind`."""
+        return tiny_pipeline(cls.kind)
+
+    @classmethod
+    def load_reference(cls, folder: Path):
+        """The Diffusers pipeline of `folder`; override where `from_pretrained` needs help (e.g. a processor)."""
+        return cls.reference_cls.from_pretrained(folder)
 
     def test_matches_diffusers(self, pipelines, case):
         easel, reference = pipelines

@@ -96,3 +96,10 @@ def test_input_image_problems_are_named(run_cli, tiny_pipeline, tmp_path):
     code, err, written = run_cli("--image-path", str(tmp_path / "notes.png"), model=str(tiny_pipeline("flux")))
     assert code == 2 and "takes 0 input image(s), got 1" in err and "Traceback" not in err
     assert written == []
+
+
+def test_too_few_steps_for_the_scheduler(run_cli, tiny_pipeline):
+    # Qwen-Image's scheduler stretches its schedule to a terminal sigma, which one step leaves undefined (0 / 0).
+    code, err, written = run_cli("--num-inference-steps", "1", model=str(tiny_pipeline("qwen-image")))
+    assert code == 2 and "too few for this model's scheduler; use at least 2" in err
+    assert written == []

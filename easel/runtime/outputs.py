@@ -19,7 +19,7 @@ def to_numpy(pixels: torch.Tensor) -> np.ndarray:
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-    """(B, C, H, W) in 0..1 to 8-bit RGB images, rounded as Diffusers rounds."""
+    """(B, C, H, W) in 0..1 to 8-bit RGB (C = 3) or RGBA (C = 4) images, rounded as Diffusers rounds."""
     return [Image.fromarray(image) for image in (to_numpy(pixels) * 255).round().astype("uint8")]
 
 
@@ -52,6 +52,9 @@ def check_writable(paths: list[Path]) -> None:
 
 def save_images(images: list[Image.Image], paths: list[Path]) -> None:
     """Writes each image under a temporary name, then renames it, so no half-written file is ever left."""
+    for image, path in zip(images, paths, strict=True):
+        if image.mode == "RGBA" and IMAGE_FORMATS.get(path.suffix.lower()) == "JPEG":
+            raise InvalidInputError(f"cannot write {path}: JPEG drops transparency; use .png or .webp")
     for image, path in zip(images, paths, strict=True):
         partial = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:

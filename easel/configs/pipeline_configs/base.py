@@ -53,6 +53,10 @@ class PipelineConfig:
         """Combines the text encoders' outputs (one per encoder) into what the DiT takes; by default as they are."""
         return encodings
 
+    def images_per_sample(self, batch: Req) -> int:
+        """How many images one sample decodes to: one, or e.g. one per layer for a layer-decomposition model."""
+        return 1
+
     def preprocess_condition_image(self, image: Image.Image, batch: Req) -> torch.Tensor:
         """An input image as the VAE takes it, (1, 3, H, W) in [-1, 1]; by default at the requested size."""
         processor = VaeImageProcessor(vae_scale_factor=self.pixel_multiple())
@@ -122,6 +126,12 @@ class PipelineConfig:
         """The DiT's output as the scheduler takes it: models that append conditioning tokens cut them off here,
         models whose DiT predicts the negated velocity negate it here."""
         return noise_pred
+
+    def normalize_image_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """An input image's VAE latents as the DiT takes them; by default the inverse of decoding's denormalization,
+        `(latents - shift) * scale`."""
+        scale, shift = (v.to(latents) if torch.is_tensor(v) else v for v in self.get_decode_scale_and_shift())
+        return (latents - shift if shift is not None else latents) * scale
 
     # --- decoding -------------------------------------------------------------------------------------------
     def get_decode_scale_and_shift(self) -> tuple[float, float | None]:

@@ -11,3 +11,11 @@ class QwenImageSamplingParams(SamplingParams):
 
     num_inference_steps: int = 50
     true_cfg_scale: float = 4.0
+
+
+@dataclasses.dataclass
+class QwenImageEditSamplingParams(QwenImageSamplingParams):
+    """Qwen-Image-Edit, -2509 and -2511: Qwen-Image's defaults; unset, the output size follows the input image."""
+
+    height: int | None = None
+    width: int | None = None

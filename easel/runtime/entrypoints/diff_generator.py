@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 class GenerationResult:
     """What `generate` returns: the images in the asked-for type, seconds per stage, and any files written."""
 
-    images: Any  # list of PIL images ("pil"), a (N, H, W, 3) float array ("np"), or packed latents ("latent")
+    # A list of PIL images ("pil"), a (N, H, W, C) float array ("np"), or packed latents ("latent"). Images are RGB,
+    # or RGBA where the model makes transparent ones (Qwen-Image-Layered: one per layer, sample after sample).
+    images: Any
     timings: dict[str, float]
     paths: list[Path] = dataclasses.field(default_factory=list)
 
@@ -55,9 +57,8 @@ class DiffGenerator:
         if params.output_path is not None:  # checked before any work, so a bad path costs nothing
             if params.output_type == "latent":
                 raise InvalidInputError("latents cannot be saved as images: drop output_path or output_type")
-            paths = plan_output_paths(
-                params.output_path, batch.batch_size, batch.prompt[0], params.seed, params.output_format
-            )
+            count = batch.batch_size * self.server_args.pipeline_config.images_per_sample(batch)
+            paths = plan_output_paths(params.output_path, count, batch.prompt[0], params.seed, params.output_format)
             check_writable(paths)
 
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Qwen-Image text-to-image, composed from the standard stages (modular style)."""
+"""Qwen-Image text-to-image and image editing, composed from the standard stages (modular style)."""
 
 from easel.runtime.pipelines.flux import prepare_mu, prepare_sigmas
 from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
@@ -17,4 +17,22 @@ class QwenImagePipeline(LoRAPipeline, ComposedPipelineBase):
         self.add_standard_t2i_stages(prepare_extra_timestep_kwargs=[prepare_sigmas, prepare_mu])
 
 
-EntryClass = [QwenImagePipeline]
+class QwenImageEditPipeline(QwenImagePipeline):
+    """Qwen-Image-Edit: the input image goes through the Qwen2.5-VL processor and encoder with the prompt, and
+    through the VAE into reference latents that follow the generated image's in the DiT's sequence."""
+
+    pipeline_name = "QwenImageEditPipeline"
+    _required_config_modules = ["text_encoder", "tokenizer", "processor", "vae", "transformer", "scheduler"]
+
+    def create_pipeline_stages(self, server_args: ServerArgs) -> None:
+        self.add_standard_ti2i_stages(prepare_extra_timestep_kwargs=[prepare_sigmas, prepare_mu])
+
+
+class QwenImageEditPlusPipeline(QwenImageEditPipeline):
+    """Qwen-Image-Edit-2509 / -2511: as Qwen-Image-Edit with several input images (their differences are in
+    `QwenImageEditPlusPipelineConfig` and, for 2511, the DiT's `zero_cond_t`)."""
+
+    pipeline_name = "QwenImageEditPlusPipeline"
+
+
+EntryClass = [QwenImagePipeline, QwenImageEditPipeline, QwenImageEditPlusPipeline]

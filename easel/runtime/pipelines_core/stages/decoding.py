@@ -22,7 +22,8 @@ class DecodingStage(PipelineStage):
             return batch
         config = server_args.pipeline_config
         latents = config.unpack_latents(batch.latents, batch)
-        scale, shift = config.get_decode_scale_and_shift()
+        # Per-channel statistics come as tensors (on the CPU): on the latents' device, they scale them there.
+        scale, shift = (v.to(latents.device) if torch.is_tensor(v) else v for v in config.get_decode_scale_and_shift())
         latents = latents / scale
         if shift is not None:
             latents = latents + shift

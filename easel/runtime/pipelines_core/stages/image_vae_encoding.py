@@ -8,7 +8,11 @@ from easel.runtime.server_args import ServerArgs
 
 
 class ImageVAEEncodingStage(PipelineStage):
-    """Encodes each input image (its latent distribution's mode, as Diffusers' editing pipelines take it)."""
+    """Encodes each input image (its latent distribution's mode, as Diffusers' editing pipelines take it).
+
+    The latents are normalized by the config (by default the inverse of decoding's denormalization), and a video
+    VAE's single frame is dropped, so that they have the (B, C, h, w) layout of the noise before `pack_latents`.
+    """
 
     input_fields = ("condition_images",)
     output_fields = ("image_latents", "image_latent_shapes")
@@ -19,11 +23,12 @@ class ImageVAEEncodingStage(PipelineStage):
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
         config = server_args.pipeline_config
         param = next(self.vae.parameters())
-        scale, shift = config.get_decode_scale_and_shift()
         for image in batch.condition_images:
             pixels = config.preprocess_condition_image(image, batch).to(param.device, param.dtype)
-            latents = self.vae.encode(pixels).latent_dist.mode()  # (1, C, h, w)
-            latents = (latents - shift if shift is not None else latents) * scale  # the inverse of decoding's
+            latents = self.vae.encode(pixels).latent_dist.mode()  # (1, C, h, w), or (1, C, 1, h, w): a video VAE
+            latents = config.normalize_image_latents(latents)
+            if latents.dim() == 5 and latents.shape[2] == 1:  # a video VAE encoding a still image: drop the frame axis
+                latents = latents[:, :, 0]
             latents = latents.float().repeat(batch.batch_size, *[1] * (latents.dim() - 1))
             batch.image_latent_shapes.append(tuple(latents.shape))
             batch.image_latents.append(config.pack_latents(latents, batch))

@@ -3,6 +3,10 @@
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import torch
+
+from easel.errors import InvalidInputError
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.server_args import ServerArgs
@@ -27,8 +31,18 @@ class TimestepPreparationStage(PipelineStage):
             kwargs.update(prepare(batch, self.scheduler))
         if kwargs.get("sigmas") is None:  # a sigma schedule fixes the number of steps by itself
             kwargs["num_inference_steps"] = batch.num_inference_steps
-        self.scheduler.set_timesteps(device=server_args.torch_device, **kwargs)
-        batch.timesteps = self.scheduler.timesteps
-        batch.sigmas = self.scheduler.sigmas.tolist()
-        batch.num_inference_steps = len(batch.timesteps)
+        set_schedule(self.scheduler, batch, device=server_args.torch_device, **kwargs)
         return batch
+
+
+def set_schedule(scheduler, batch: Req, **set_timesteps_kwargs) -> None:
+    """Sets the scheduler's schedule and copies it onto the batch, refusing one the scheduler cannot define."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # an undefined schedule is reported below, not warned of
+        scheduler.set_timesteps(**set_timesteps_kwargs)
+    if not torch.isfinite(scheduler.sigmas).all():  # e.g. a terminal-stretched schedule of a single step: 0 / 0
+        raise InvalidInputError(
+            f"{batch.num_inference_steps} step(s) are too few for this model's scheduler; use at least 2"
+        )
+    batch.timesteps = scheduler.timesteps
+    batch.sigmas = scheduler.sigmas.tolist()
+    batch.num_inference_steps = len(batch.timesteps)
