@@ -31,7 +31,7 @@ class TestQwenImageEditParity(QwenEditParity):
     kind = "qwen-image-edit"
     reference_cls = diffusers.QwenImageEditPipeline
     cases = [
-        {"image": input_image(), "height": 64, "width": 64, "num_inference_steps": 2},
+        {"image": input_image(), "height": 64, "width": 64, "num_inference_steps": 2, **TRUE_CFG},
         {"image": input_image(), "height": 48, "width": 80, "num_inference_steps": 2, **TRUE_CFG},
     ]
 
@@ -45,7 +45,10 @@ class TestQwenImageEditParity(QwenEditParity):
 class TestQwenImageEditPlusParity(QwenEditParity):
     kind = "qwen-image-edit-plus"
     reference_cls = diffusers.QwenImageEditPlusPipeline
-    cases = [{"image": TWO_IMAGES, "height": 48, "width": 80, "num_inference_steps": 2, **TRUE_CFG}]
+    cases = [
+        {"image": TWO_IMAGES, "height": 48, "width": 80, "num_inference_steps": 2, **TRUE_CFG},
+        {"image": input_image(), "height": 64, "width": 64, "num_inference_steps": 2, **TRUE_CFG},
+    ]
 
     def test_takes_one_to_three_images(self, pipelines):
         with pytest.raises(InvalidInputError, match="takes 1 to 3 input image"):
