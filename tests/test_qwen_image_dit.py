@@ -83,7 +83,9 @@ def _compare(flags: dict, img_shapes: list, mask: torch.Tensor | None = None) ->
         other_text = dict(inputs, encoder_hidden_states=torch.randn_like(inputs["encoder_hidden_states"]))
         changed = ours(**other_text, freqs_cis=freqs_cis, encoder_hidden_states_mask=mask, img_shapes=img_shapes)
     assert actual.shape == expected.shape == inputs["hidden_states"].shape[:2] + (4 * TINY_CONFIG["out_channels"],)
-    return (actual - expected).abs().max().item(), (changed - actual).abs().max().item()
+    error = (actual - expected).abs().max().item()
+    print(f"Qwen-Image DiT {flags} {img_shapes}: max abs diff {error:.2e}")
+    return error, (changed - actual).abs().max().item()
 
 
 def test_state_dict_keys_match_diffusers() -> None:
