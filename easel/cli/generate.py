@@ -28,6 +28,11 @@ def add_generate_parser(commands) -> None:
     request.add_argument("--guidance-scale", type=float, help="guidance scale (embedded guidance on FLUX.1-dev)")
     request.add_argument("--true-cfg-scale", type=float, help="classifier-free guidance scale with a negative prompt")
     request.add_argument("--seed", type=int, help="random seed (default 0)")
+    request.add_argument("--num-frames", type=int, help="frames of a video (video models)")
+    request.add_argument("--fps", type=int, help="frames per second of a written video")
+    request.add_argument(
+        "--output-format", choices=["png", "jpeg", "webp", "mp4"], help="file type in an output folder (videos: mp4)"
+    )
     request.add_argument("--num-outputs-per-prompt", type=int, help="images to generate")
     request.add_argument(
         "--set",
@@ -79,11 +84,16 @@ def run_generate(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance_scale,
         true_cfg_scale=args.true_cfg_scale,
         seed=args.seed,
+        num_frames=args.num_frames,
+        fps=args.fps,
+        output_format=args.output_format,
         num_outputs_per_prompt=args.num_outputs_per_prompt,
         output_path=args.output_path or args.output_dir,
         **dict(args.set),
     )
-    width, height = result.images[0].size
+    first = result.frames[0] if result.frames else result.images
+    width, height = first[0].size
+    size = f"{width}x{height}" + (f", {len(first)} frames" if result.frames else "")
     stages = ", ".join(f"{name.removesuffix('Stage')} {secs:.2f}s" for name, secs in result.timings.items())
-    print(f"wrote {', '.join(map(str, result.paths))} ({width}x{height}); seconds: {stages}")
+    print(f"wrote {', '.join(map(str, result.paths))} ({size}); seconds: {stages}")
     return 0

@@ -1,4 +1,5 @@
-"""Turning decoded pixels into what the caller asked for, and writing image files without leaving partial ones."""
+"""Turning decoded pixels into what the caller asked for, and writing image and video files without leaving
+partial ones."""
 
 import os
 import re
@@ -11,27 +12,33 @@ from PIL import Image
 from easel.errors import InvalidInputError
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+VIDEO_FORMATS = {".mp4"}
+Video = list[Image.Image]  # the frames of one video
 
 
 def to_numpy(pixels: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in 0..1 to a float32 array (B, H, W, C), as Diffusers' `output_type="np"` gives."""
-    return pixels.cpu().permute(0, 2, 3, 1).float().numpy()
+    """(B, C, H, W) or, for videos, (B, C, F, H, W) in 0..1 to a float32 array with channels last, (B, H, W, C) or
+    (B, F, H, W, C), as Diffusers' `output_type="np"` gives."""
+    return pixels.cpu().movedim(1, -1).float().numpy()
 
 
-def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-    """(B, C, H, W) in 0..1 to 8-bit RGB (C = 3) or RGBA (C = 4) images, rounded as Diffusers rounds."""
-    return [Image.fromarray(image) for image in (to_numpy(pixels) * 255).round().astype("uint8")]
+def to_pil(pixels: torch.Tensor) -> list[Image.Image] | list[Video]:
+    """8-bit RGB (C = 3) or RGBA (C = 4) images, rounded as Diffusers rounds; for videos one list of frames each."""
+    arrays = (to_numpy(pixels) * 255).round().astype("uint8")
+    if pixels.dim() == 5:
+        return [[Image.fromarray(frame) for frame in video] for video in arrays]
+    return [Image.fromarray(image) for image in arrays]
 
 
 def plan_output_paths(output_path: str | Path, count: int, prompt: str, seed: int, fmt: str = "png") -> list[Path]:
     """Where `count` images go: a file name as given (with _i suffixes for several), or generated names in a folder."""
     path = Path(output_path).expanduser()
-    if path.suffix.lower() in IMAGE_FORMATS:
+    if path.suffix.lower() in IMAGE_FORMATS.keys() | VIDEO_FORMATS:
         if count == 1:
             return [path]
         return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
-    if f".{fmt.lower()}" not in IMAGE_FORMATS:
-        raise InvalidInputError(f"unknown output format {fmt!r}; use one of png, jpeg, webp")
+    if f".{fmt.lower()}" not in IMAGE_FORMATS.keys() | VIDEO_FORMATS:
+        raise InvalidInputError(f"unknown output format {fmt!r}; use one of png, jpeg, webp, mp4")
     stem = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "image"
     names = [f"{stem}_{seed}"] if count == 1 else [f"{stem}_{seed}_{i}" for i in range(count)]
     return [path / f"{name}.{fmt.lower()}" for name in names]
@@ -50,16 +57,47 @@ def check_writable(paths: list[Path]) -> None:
             raise InvalidInputError(f"cannot write into {path.parent}: permission denied")
 
 
+def save_outputs(outputs: list[Image.Image] | list[Video], paths: list[Path], fps: int) -> list[Path]:
+    """Writes images, or videos (as MP4, or as numbered image frames when given an image path); returns the files."""
+    if not outputs or isinstance(outputs[0], Image.Image):
+        save_images(outputs, paths)
+        return paths
+    if any(path.suffix.lower() in VIDEO_FORMATS for path in paths):
+        for video, path in zip(outputs, paths, strict=True):
+            _write_atomically(path, lambda partial, video=video: _write_mp4(video, partial, fps))
+        return paths
+    frame_paths = [
+        path.with_name(f"{path.stem}_{j:03d}{path.suffix}") for path in paths for j in range(len(outputs[0]))
+    ]
+    save_images([frame for video in outputs for frame in video], frame_paths)
+    return frame_paths
+
+
+def _write_mp4(frames: Video, path: Path, fps: int) -> None:
+    import imageio.v2 as imageio  # imported here: only videos need ffmpeg
+
+    arrays = [np.asarray(frame.convert("RGB")) for frame in frames]
+    # h264 in yuv420p, which every player reads; macro_block_size=1 keeps sizes that are not multiples of 16.
+    imageio.mimwrite(path, arrays, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
+
+
 def save_images(images: list[Image.Image], paths: list[Path]) -> None:
     """Writes each image under a temporary name, then renames it, so no half-written file is ever left."""
     for image, path in zip(images, paths, strict=True):
         if image.mode == "RGBA" and IMAGE_FORMATS.get(path.suffix.lower()) == "JPEG":
             raise InvalidInputError(f"cannot write {path}: JPEG drops transparency; use .png or .webp")
     for image, path in zip(images, paths, strict=True):
-        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-        try:
-            image.save(partial, format=IMAGE_FORMATS.get(path.suffix.lower(), "PNG"))
-            os.replace(partial, path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        image_format = IMAGE_FORMATS.get(path.suffix.lower(), "PNG")
+        _write_atomically(path, lambda partial, image=image, fmt=image_format: image.save(partial, format=fmt))
+
+
+def _write_atomically(path: Path, write) -> None:
+    """`write(partial)` writes a temporary file beside `path` (same extension, for writers that go by it), which then
+    replaces `path`, so no half-written file is ever left."""
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.part{path.suffix}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

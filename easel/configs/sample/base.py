@@ -19,6 +19,7 @@ class SamplingParams:
     height: int = 1024
     width: int = 1024
     num_frames: int = 1
+    fps: int = 16  # frames per second of a written video
     num_outputs_per_prompt: int = 1
     max_sequence_length: int = 512
     output_type: str = "pil"  # "pil", "np" or "latent"

@@ -9,7 +9,7 @@ from typing import Any
 from easel.errors import InvalidInputError
 from easel.registry import ModelFamily
 from easel.runtime.loader.pipeline_loader import load_pipeline
-from easel.runtime.outputs import check_writable, plan_output_paths, save_images, to_numpy, to_pil
+from easel.runtime.outputs import check_writable, plan_output_paths, save_outputs, to_numpy, to_pil
 from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.server_args import ServerArgs
@@ -26,6 +26,8 @@ class GenerationResult:
     images: Any
     timings: dict[str, float]
     paths: list[Path] = dataclasses.field(default_factory=list)
+    # Video models: one list of PIL frames per video ("pil"), or a (N, F, H, W, 3) float array ("np").
+    frames: Any = None
 
 
 class DiffGenerator:
@@ -50,7 +52,7 @@ class DiffGenerator:
         return cls(pipeline, family, args)
 
     def generate(self, prompt: str | list[str] | None = None, **sampling_params: Any) -> GenerationResult:
-        """Generates images for `prompt`; other keyword arguments are `SamplingParams` fields."""
+        """Generates images (or videos) for `prompt`; other keyword arguments are `SamplingParams` fields."""
         params = self.family.sampling_param_cls().updated(prompt=prompt, **sampling_params)
         batch = Req.from_sampling_params(params)
         paths: list[Path] = []
@@ -67,8 +69,10 @@ class DiffGenerator:
 
         if params.output_type == "latent":
             return GenerationResult(batch.output, timings)
-        pil_images = to_pil(batch.output)
+        pil_outputs = to_pil(batch.output)
         if paths:
-            save_images(pil_images, paths)
-        images = pil_images if params.output_type == "pil" else to_numpy(batch.output)
-        return GenerationResult(images, timings, paths)
+            paths = save_outputs(pil_outputs, paths, params.fps)
+        outputs = pil_outputs if params.output_type == "pil" else to_numpy(batch.output)
+        if batch.output.dim() == 5:
+            return GenerationResult([], timings, paths, frames=outputs)
+        return GenerationResult(outputs, timings, paths)

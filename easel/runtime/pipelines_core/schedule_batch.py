@@ -10,7 +10,7 @@ from PIL import Image
 from easel.configs.sample.base import SamplingParams
 
 # SamplingParams fields that concern the front end (where to write), not the pipeline.
-GENERIC_PARAMS = frozenset({"output_path", "output_format"})
+GENERIC_PARAMS = frozenset({"output_path", "output_format", "fps"})
 
 
 @dataclasses.dataclass
