@@ -14,6 +14,7 @@ from easel.testing.flux import (
 )
 from easel.testing.qwen_image import QWEN_IMAGE_BUILDERS
 from easel.testing.sd3 import SD3_BUILDERS
+from easel.testing.wan import WAN_BUILDERS
 from easel.testing.z_image import Z_IMAGE_BUILDERS
 
 PipelineBuilder = Callable[[str | os.PathLike[str], int], pathlib.Path]
@@ -25,6 +26,7 @@ TINY_PIPELINE_BUILDERS: dict[str, PipelineBuilder] = {
     "flux-kontext": functools.partial(build_flux_pipeline, variant="kontext"),
     **QWEN_IMAGE_BUILDERS,
     **SD3_BUILDERS,
+    **WAN_BUILDERS,
     **Z_IMAGE_BUILDERS,
 }
 

@@ -8,6 +8,8 @@ from transformers import (
     T5Config,
     T5EncoderModel,
     T5Tokenizer,
+    UMT5Config,
+    UMT5EncoderModel,
 )
 
 TEXT_ENCODER_HIDDEN_SIZE = 32
@@ -77,3 +79,25 @@ def build_clip_text_encoder_with_projection(
         pad_token_id=tokenizer.pad_token_id,
     )
     return CLIPTextModelWithProjection(config).eval()
+
+
+def build_umt5_encoder(tokenizer: T5Tokenizer) -> UMT5EncoderModel:
+    """A 2-layer UMT5 encoder (Wan's text encoder: T5 v1.1 layout, relative position bias in every layer) of width
+    32 whose vocabulary matches `tokenizer`."""
+    config = UMT5Config(
+        vocab_size=len(tokenizer),
+        d_model=TEXT_ENCODER_HIDDEN_SIZE,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return UMT5EncoderModel(config).eval()
