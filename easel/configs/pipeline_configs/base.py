@@ -106,6 +106,10 @@ class PipelineConfig:
         """The DiT's forward kwargs for the unconditional (negative-prompt) pass of one step."""
         raise NotImplementedError(f"{type(self).__name__} must say what its DiT's forward takes")
 
+    def select_expert(self, batch: Req, t: torch.Tensor) -> tuple[int, float]:
+        """Which DiT runs this step (0, or 1 for a pipeline's `transformer_2`) and its CFG scale; one DiT by default."""
+        return 0, batch.cfg_scale
+
     def prepare_extra_pass_kwargs(
         self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, step: int, **kwargs
     ) -> dict[str, Any] | None:
@@ -118,9 +122,12 @@ class PipelineConfig:
         """Folds the extra pass into the guided prediction; `noise_cond` is the plain conditional one."""
         raise NotImplementedError(f"{type(self).__name__} asks for an extra pass but does not combine it")
 
-    def combine_cfg(self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, batch: Req) -> torch.Tensor:
-        """Classifier-free guidance: push the prediction away from the unconditional one."""
-        return noise_uncond + batch.cfg_scale * (noise_pred - noise_uncond)
+    def combine_cfg(
+        self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, scale: float, batch: Req
+    ) -> torch.Tensor:
+        """Classifier-free guidance at `scale` (this step's: see `select_expert`): push the prediction away from the
+        unconditional one."""
+        return noise_uncond + scale * (noise_pred - noise_uncond)
 
     def postprocess_noise_pred(self, noise_pred: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """The DiT's output as the scheduler takes it: models that append conditioning tokens cut them off here,

@@ -66,9 +66,11 @@ class QwenImagePipelineConfig(FluxPipelineConfig):
             "img_shapes": self.image_grids(batch),
         }
 
-    def combine_cfg(self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, batch: Req) -> torch.Tensor:
+    def combine_cfg(
+        self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, scale: float, batch: Req
+    ) -> torch.Tensor:
         """True CFG, rescaled per token to the conditional prediction's norm, as Qwen-Image was tuned."""
-        guided = super().combine_cfg(noise_pred, noise_uncond, batch)
+        guided = super().combine_cfg(noise_pred, noise_uncond, scale, batch)
         cond_norm = torch.norm(noise_pred, dim=-1, keepdim=True)
         return guided * (cond_norm / torch.norm(guided, dim=-1, keepdim=True))
 

@@ -89,9 +89,11 @@ class QwenImageLayeredPipelineConfig(QwenImagePipelineConfig):
         """The DiT's extra condition: 0 for every sample, as Diffusers' pipeline passes (`is_rgb`)."""
         return torch.zeros(latent_model_input.shape[0], dtype=torch.long, device=latent_model_input.device)
 
-    def combine_cfg(self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, batch: Req) -> torch.Tensor:
+    def combine_cfg(
+        self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, scale: float, batch: Req
+    ) -> torch.Tensor:
         """Plain true CFG; rescaled per token to the conditional prediction's norm (Qwen-Image's) with
         `cfg_normalize`."""
         if batch.extra["cfg_normalize"]:
-            return super().combine_cfg(noise_pred, noise_uncond, batch)
-        return PipelineConfig.combine_cfg(self, noise_pred, noise_uncond, batch)
+            return super().combine_cfg(noise_pred, noise_uncond, scale, batch)
+        return PipelineConfig.combine_cfg(self, noise_pred, noise_uncond, scale, batch)

@@ -49,8 +49,10 @@ class ZImagePipelineConfig(ImagePipelineConfig):
     def postprocess_noise_pred(self, noise_pred: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return -noise_pred.squeeze(2).float()  # (B, C, 1, h, w) -> (B, C, h, w); the DiT predicts minus the velocity
 
-    def combine_cfg(self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, batch: Req) -> torch.Tensor:
-        guided = noise_pred + batch.cfg_scale * (noise_pred - noise_uncond)
+    def combine_cfg(
+        self, noise_pred: torch.Tensor, noise_uncond: torch.Tensor, scale: float, batch: Req
+    ) -> torch.Tensor:
+        guided = noise_pred + scale * (noise_pred - noise_uncond)
         cap = batch.extra["cfg_normalization"]
         if cap > 0:  # per sample: never let guidance grow the prediction past `cap` times its conditional norm
             dims = tuple(range(1, guided.dim()))

@@ -24,9 +24,11 @@ class DenoisingStage(PipelineStage):
     )
     output_fields = ("latents",)
 
-    def __init__(self, transformer: torch.nn.Module, scheduler):
+    def __init__(self, transformer: torch.nn.Module, scheduler, transformer_2: torch.nn.Module | None = None):
         self.transformer = transformer
         self.scheduler = scheduler
+        # Mixture-of-experts pipelines (Wan2.2-A14B) hand later, low-noise steps to a second DiT.
+        self.experts = [transformer] if transformer_2 is None else [transformer, transformer_2]
 
     def verify_input(self, batch: Req, server_args: ServerArgs) -> list[str]:
         missing = super().verify_input(batch, server_args)
@@ -46,7 +48,10 @@ class DenoisingStage(PipelineStage):
         total = len(batch.timesteps)
         self.scheduler.set_begin_index(0)  # the scheduler then never searches its timesteps (a host sync)
         for i, t in enumerate(tqdm(batch.timesteps, desc="denoising", disable=not server_args.progress_bar)):
-            noise_pred = self.predict_noise(batch, config, latents.to(dtype), t, i, freqs_cis)
+            expert, cfg_scale = config.select_expert(batch, t)
+            noise_pred = self.predict_noise(
+                batch, config, self.experts[expert], latents.to(dtype), t, i, freqs_cis, cfg_scale
+            )
             # fp32 noise keeps the latents in fp32: Diffusers' step casts its result to the prediction's dtype.
             latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
             if batch.step_callback is not None:
@@ -54,17 +59,19 @@ class DenoisingStage(PipelineStage):
         batch.latents = latents
         return batch
 
-    def predict_noise(self, batch: Req, config, x: torch.Tensor, t: torch.Tensor, step: int, freqs_cis) -> torch.Tensor:
+    def predict_noise(
+        self, batch: Req, config, transformer, x: torch.Tensor, t: torch.Tensor, step: int, freqs_cis, cfg_scale: float
+    ) -> torch.Tensor:
         """The guided prediction of one step: the conditional pass, CFG's unconditional one, any extra pass."""
 
         def run(kwargs: dict) -> torch.Tensor:
-            return config.postprocess_noise_pred(self.transformer(**kwargs), x)
+            return config.postprocess_noise_pred(transformer(**kwargs), x)
 
         noise_cond = run(config.prepare_pos_cond_kwargs(batch, x, t, freqs_cis=freqs_cis))
         noise_pred = noise_cond
         if batch.do_classifier_free_guidance:
             noise_uncond = run(config.prepare_neg_cond_kwargs(batch, x, t, freqs_cis=freqs_cis))
-            noise_pred = config.combine_cfg(noise_cond, noise_uncond, batch)
+            noise_pred = config.combine_cfg(noise_cond, noise_uncond, cfg_scale, batch)
         extra_kwargs = config.prepare_extra_pass_kwargs(batch, x, t, step, freqs_cis=freqs_cis)
         if extra_kwargs is not None:
             noise_pred = config.combine_extra_pass(noise_pred, noise_cond, run(extra_kwargs), batch)
