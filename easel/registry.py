@@ -21,12 +21,14 @@ from easel.configs.pipeline_configs.qwen_image import (
 )
 from easel.configs.pipeline_configs.qwen_image_layered import QwenImageLayeredPipelineConfig
 from easel.configs.pipeline_configs.sd3 import SD3PipelineConfig
+from easel.configs.pipeline_configs.wan import WanPipelineConfig
 from easel.configs.pipeline_configs.z_image import ZImagePipelineConfig
 from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
 from easel.configs.sample.qwen_image import QwenImageEditSamplingParams, QwenImageSamplingParams
 from easel.configs.sample.qwen_image_layered import QwenImageLayeredSamplingParams
 from easel.configs.sample.sd3 import SD3SamplingParams
+from easel.configs.sample.wan import WanSamplingParams
 from easel.configs.sample.z_image import ZImageSamplingParams, ZImageTurboSamplingParams
 from easel.errors import ModelLoadError
 
@@ -182,4 +184,15 @@ register_configs(
     pipeline_config_cls=QwenImageLayeredPipelineConfig,
     hf_model_paths=["Qwen/Qwen-Image-Layered"],
     model_detectors=[lambda index: index["_class_name"] == "QwenImageLayeredPipeline"],
+)
+register_configs(
+    model_family="wan",
+    sampling_param_cls=WanSamplingParams,
+    pipeline_config_cls=WanPipelineConfig,
+    hf_model_paths=[
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+        "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    ],
+    model_detectors=[lambda index: index["_class_name"] == "WanPipeline"],
 )

@@ -33,7 +33,14 @@ def mirrored(image: Image.Image | list[Image.Image]) -> Image.Image | list[Image
 
 def reference_images(pipeline, seed: int, **kwargs) -> np.ndarray:
     generator = torch.Generator("cpu").manual_seed(seed)
-    return pipeline(generator=generator, output_type="np", **kwargs).images
+    output = pipeline(generator=generator, output_type="np", **kwargs)
+    return output.frames if hasattr(output, "frames") else output.images  # videos: (N, F, H, W, 3)
+
+
+def easel_output(easel: DiffGenerator, prompt: str, seed: int, **case) -> np.ndarray:
+    """Easel's output as an array: images (N, H, W, C), or videos (N, F, H, W, 3)."""
+    result = easel.generate(prompt, seed=seed, output_type="np", **case)
+    return result.frames if result.frames is not None else result.images
 
 
 class PipelineParityMixin:
@@ -66,16 +73,16 @@ class PipelineParityMixin:
 
     def test_matches_diffusers(self, pipelines, case):
         easel, reference = pipelines
-        ours = easel.generate(self.prompt, seed=self.seed, output_type="np", **case).images
+        ours = easel_output(easel, self.prompt, self.seed, **case)
         theirs = reference_images(reference, self.seed, prompt=self.prompt, **case)
         assert ours.shape == theirs.shape
         error = float(np.abs(ours - theirs).max())
         print(f"{self.kind} {case}: max abs diff {error:.2e}")
         assert error <= TOLERANCE
 
-        moved = easel.generate(self.other_prompt, seed=self.seed, output_type="np", **case).images
+        moved = easel_output(easel, self.other_prompt, self.seed, **case)
         assert float(np.abs(moved - ours).max()) >= 10 * TOLERANCE, "the prompt barely moves the output"
         if "image" in case:
             other_case = {**case, "image": mirrored(case["image"])}
-            moved = easel.generate(self.prompt, seed=self.seed, output_type="np", **other_case).images
+            moved = easel_output(easel, self.prompt, self.seed, **other_case)
             assert float(np.abs(moved - ours).max()) >= 10 * TOLERANCE, "the input image barely moves the output"

@@ -1,5 +1,6 @@
 """Loading the components `model_index.json` lists: our own DiTs, and the rest from transformers / diffusers."""
 
+import dataclasses
 import importlib
 import json
 from pathlib import Path
@@ -37,11 +38,18 @@ def load_pipeline_modules(
         )
     modules = {name: load_component(name, *index[name], folder / name, server_args) for name in required}
     config = server_args.pipeline_config
+    for name in config_field_names(config):  # pipeline-level settings (Wan2.2's boundary_ratio) override defaults
+        if name in index:
+            setattr(config, name, index[name])
     if "transformer" in modules:
         config.dit_config = modules["transformer"].config
     if "vae" in modules:
         config.vae_config = type(config.vae_config).from_dict(dict(modules["vae"].config))
     return modules
+
+
+def config_field_names(config: Any) -> set[str]:
+    return {field.name for field in dataclasses.fields(config)}
 
 
 def load_component(name: str, library: str, class_name: str, folder: Path, server_args: ServerArgs) -> Any:

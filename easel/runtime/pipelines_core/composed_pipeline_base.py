@@ -27,6 +27,7 @@ class ComposedPipelineBase:
 
     pipeline_name: str = ""  # equals `_class_name` in model_index.json
     _required_config_modules: list[str] = []
+    _optional_config_modules: list[str] = []  # loaded when model_index.json names them (Wan2.2's transformer_2)
 
     def __init__(self, model_path: str | Path, server_args: ServerArgs, modules: dict[str, Any] | None = None):
         self.model_path = Path(model_path)
@@ -37,7 +38,8 @@ class ComposedPipelineBase:
 
     def load_modules(self, server_args: ServerArgs) -> dict[str, Any]:
         index = read_model_index(self.model_path)
-        return load_pipeline_modules(self.model_path, index, self._required_config_modules, server_args)
+        optional = [name for name in self._optional_config_modules if (index.get(name) or [None])[0] is not None]
+        return load_pipeline_modules(self.model_path, index, self._required_config_modules + optional, server_args)
 
     def get_module(self, name: str) -> Any:
         if name not in self.modules:
@@ -80,7 +82,8 @@ class ComposedPipelineBase:
             self.add_stage(ImageVAEEncodingStage(self.get_module("vae")))
         self.add_stage(TimestepPreparationStage(self.get_module("scheduler"), prepare_extra_timestep_kwargs))
         self.add_stage(LatentPreparationStage())
-        self.add_stage(DenoisingStage(self.get_module("transformer"), self.get_module("scheduler")))
+        transformer_2 = self.modules.get("transformer_2")  # a second, low-noise expert where the model has one
+        self.add_stage(DenoisingStage(self.get_module("transformer"), self.get_module("scheduler"), transformer_2))
         self.add_standard_decoding_stage()
 
     def _text_encoding_stage(self) -> TextEncodingStage:

@@ -1,0 +1,81 @@
+"""Wan video: UMT5 text states, latents of (frames - 1) / 4 + 1 frames, a 3D-rotary DiT, optionally two experts."""
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+
+from easel.configs.models.dits.wanvideo import WanDitConfig
+from easel.configs.models.encoders.base import TextEncoderConfig
+from easel.configs.models.encoders.t5 import UMT5Config
+from easel.configs.models.vaes.wanvideo import WanVAEConfig
+from easel.configs.pipeline_configs.base import ModelTaskType, PipelineConfig
+from easel.errors import InvalidInputError
+from easel.runtime.pipelines_core.schedule_batch import Req
+
+logger = logging.getLogger(__name__)
+NUM_TRAIN_TIMESTEPS = 1000  # Wan's schedulers: `boundary_ratio` is a fraction of these
+
+
+@dataclasses.dataclass
+class WanPipelineConfig(PipelineConfig):
+    """Wan2.1 and Wan2.2 text-to-video; `boundary_ratio` (from model_index.json) switches to the low-noise expert."""
+
+    task_type: ModelTaskType = ModelTaskType.T2V
+    dit_config: WanDitConfig = dataclasses.field(default_factory=WanDitConfig)
+    vae_config: WanVAEConfig = dataclasses.field(default_factory=WanVAEConfig)
+    text_encoder_configs: tuple[TextEncoderConfig, ...] = (
+        UMT5Config(tokenizer="tokenizer", text_encoder="text_encoder"),
+    )
+    boundary_ratio: float | None = None  # Wan2.2-A14B: the fraction of the schedule the high-noise expert runs
+
+    def pixel_multiple(self) -> int:
+        return self.vae_config.spatial_compression * self.dit_config.patch_size[1]
+
+    def prepare_request(self, batch: Req) -> None:
+        """The VAE takes 4k + 1 frames: round down to that, as Diffusers does, and say so."""
+        step = self.vae_config.temporal_compression
+        if batch.num_frames < 1:
+            raise InvalidInputError(f"num_frames must be at least 1, got {batch.num_frames}")
+        frames = batch.num_frames // step * step + 1 if batch.num_frames % step != 1 else batch.num_frames
+        if frames != batch.num_frames:
+            logger.warning("num_frames must be 4k + 1 for this VAE: %d adjusted to %d", batch.num_frames, frames)
+        batch.num_frames = frames
+
+    def prepare_latent_shape(self, batch: Req) -> tuple[int, ...]:
+        scale, step = self.vae_config.spatial_compression, self.vae_config.temporal_compression
+        frames = (batch.num_frames - 1) // step + 1
+        channels = self.vae_config.latent_channels
+        return (batch.batch_size, channels, frames, batch.height // scale, batch.width // scale)  # (B, C, F, h, w)
+
+    def get_freqs_cis(self, batch: Req, device: torch.device, rotary_emb: Any, dtype: torch.dtype) -> Any:
+        _, _, frames, height, width = batch.raw_latent_shape
+        return rotary_emb(frames, height, width, device=device)
+
+    def select_expert(self, batch: Req, t: torch.Tensor) -> tuple[int, float]:
+        if self.boundary_ratio is None or t >= self.boundary_ratio * NUM_TRAIN_TIMESTEPS:
+            return 0, batch.cfg_scale
+        scale_2 = batch.extra["guidance_scale_2"]
+        return 1, batch.cfg_scale if scale_2 is None else scale_2
+
+    def prepare_pos_cond_kwargs(self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, **kwargs):
+        return _cond_kwargs(batch.prompt_embeds[0], latent_model_input, t, kwargs["freqs_cis"])
+
+    def prepare_neg_cond_kwargs(self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, **kwargs):
+        return _cond_kwargs(batch.negative_prompt_embeds[0], latent_model_input, t, kwargs["freqs_cis"])
+
+    def get_decode_scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel statistics for (B, C, F, H, W) latents: decoding takes `latents * std + mean`."""
+        mean = torch.tensor(self.vae_config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(self.vae_config.latents_std).view(1, -1, 1, 1, 1)
+        return 1.0 / std, mean  # latents / (1 / std) + mean, the very operations Diffusers runs
+
+
+def _cond_kwargs(embeds: torch.Tensor, latent_model_input: torch.Tensor, t: torch.Tensor, freqs_cis) -> dict:
+    return {
+        "hidden_states": latent_model_input,
+        "timestep": t.expand(latent_model_input.shape[0]),
+        "encoder_hidden_states": embeds,
+        "freqs_cis": freqs_cis,
+    }
