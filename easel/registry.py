@@ -21,7 +21,7 @@ from easel.configs.pipeline_configs.qwen_image import (
 )
 from easel.configs.pipeline_configs.qwen_image_layered import QwenImageLayeredPipelineConfig
 from easel.configs.pipeline_configs.sd3 import SD3PipelineConfig
-from easel.configs.pipeline_configs.wan import WanPipelineConfig
+from easel.configs.pipeline_configs.wan import WanImageToVideoPipelineConfig, WanPipelineConfig
 from easel.configs.pipeline_configs.z_image import ZImagePipelineConfig
 from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
@@ -195,4 +195,15 @@ register_configs(
         "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
     ],
     model_detectors=[lambda index: index["_class_name"] == "WanPipeline"],
+)
+register_configs(
+    model_family="wan-i2v",
+    sampling_param_cls=WanSamplingParams,
+    pipeline_config_cls=WanImageToVideoPipelineConfig,
+    hf_model_paths=[
+        "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+        "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+        "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+    ],
+    model_detectors=[lambda index: index["_class_name"] == "WanImageToVideoPipeline"],
 )

@@ -5,7 +5,7 @@ import imageio.v3 as iio
 
 from easel import DiffGenerator
 from easel.cli.main import main
-from tests.parity import PipelineParityMixin
+from tests.parity import PipelineParityMixin, input_image
 
 VIDEO = {"num_frames": 9, "num_inference_steps": 2, "negative_prompt": "blurry", "guidance_scale": 5.0}
 
@@ -44,3 +44,12 @@ def test_api_returns_frames(tiny_pipeline):
     assert len(videos) == 2 and len(videos[0]) == 5 and videos[0][0].size == (48, 32)
     array = generator.generate("a red circle", output_type="np", **request).frames
     assert array.shape == (1, 5, 32, 48, 3) and 0 <= array.min() <= array.max() <= 1
+
+
+class TestWanI2VParity(PipelineParityMixin):
+    kind = "wan-i2v"
+    reference_cls = diffusers.WanImageToVideoPipeline
+    cases = [
+        {"height": 64, "width": 64, "image": input_image(), **VIDEO},
+        {"height": 48, "width": 80, "image": input_image(), **VIDEO},
+    ]

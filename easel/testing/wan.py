@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -58,6 +59,16 @@ TINY_WAN22_TI2V_TRANSFORMER_CONFIG: dict[str, Any] = {
     **TINY_WAN_TRANSFORMER_CONFIG,
     "in_channels": WAN22_LATENT_CHANNELS,
     "out_channels": WAN22_LATENT_CHANNELS,
+}
+# A benchmark-sized Wan2.1 DiT, about 70 M parameters: 16 layers of width 512 (4 heads of 128, Wan's head width), FFN
+# 2048, rotary table as long as the real one. Pass it as `transformer_config`; text encoder and VAE stay tiny.
+MEDIUM_WAN_TRANSFORMER_CONFIG: dict[str, Any] = {
+    **TINY_WAN_TRANSFORMER_CONFIG,
+    "num_layers": 16,
+    "num_attention_heads": 4,
+    "attention_head_dim": 128,
+    "ffn_dim": 2048,
+    "rope_max_seq_len": 1024,
 }
 
 # Wan2.1's VAE geometry (4x temporal, 8x spatial, 16 channels, its per-channel latent statistics) at base width 3.
@@ -151,6 +162,10 @@ def _transformer(config: dict[str, Any], seed: int) -> WanTransformer3DModel:
     return transformer.eval()
 
 
+def _transformer_config(base: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**base, **(overrides or {})}
+
+
 def _text_components(seed: int) -> dict[str, Any]:
     tokenizer = build_t5_tokenizer()
     with seeded(seed + _COMPONENT_SEED_OFFSETS["text_encoder"]):
@@ -173,41 +188,57 @@ def _save(pipeline: Any, path: str | os.PathLike[str]) -> pathlib.Path:
     return output_path
 
 
-def build_wan_t2v_pipeline(path: str | os.PathLike[str], seed: int = 0) -> pathlib.Path:
-    """Write a random-weight Wan2.1-T2V `WanPipeline` folder at `path` and return it."""
+def build_wan_t2v_pipeline(
+    path: str | os.PathLike[str], seed: int = 0, *, transformer_config: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    """Write a random-weight Wan2.1-T2V `WanPipeline` folder at `path` and return it.
+
+    `transformer_config` overrides fields of the tiny transformer config (pass `MEDIUM_WAN_TRANSFORMER_CONFIG` for a
+    benchmark-sized DiT); the text encoder and the VAE stay tiny whatever the transformer's size.
+    """
+    config = _transformer_config(TINY_WAN_TRANSFORMER_CONFIG, transformer_config)
     pipeline = WanPipeline(
         **_text_components(seed),
         vae=_vae(TINY_WAN_VAE_CONFIG, seed, WAN_VAE_OUTPUT_GAIN),
         scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER_CONFIG),
-        transformer=_transformer(TINY_WAN_TRANSFORMER_CONFIG, seed + _COMPONENT_SEED_OFFSETS["transformer"]),
+        transformer=_transformer(config, seed + _COMPONENT_SEED_OFFSETS["transformer"]),
     )
     return _save(pipeline, path)
 
 
-def build_wan22_a14b_pipeline(path: str | os.PathLike[str], seed: int = 0) -> pathlib.Path:
-    """Write a random-weight Wan2.2-T2V-A14B `WanPipeline` folder: two experts switched at `boundary_ratio`."""
+def build_wan22_a14b_pipeline(
+    path: str | os.PathLike[str], seed: int = 0, *, transformer_config: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    """Write a random-weight Wan2.2-T2V-A14B `WanPipeline` folder: two experts switched at `boundary_ratio`.
+
+    `transformer_config` overrides fields of both experts' tiny config.
+    """
+    config = _transformer_config(TINY_WAN_TRANSFORMER_CONFIG, transformer_config)
     pipeline = WanPipeline(
         **_text_components(seed),
         vae=_vae(TINY_WAN_VAE_CONFIG, seed, WAN_VAE_OUTPUT_GAIN),
         scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER_CONFIG),
-        transformer=_transformer(TINY_WAN_TRANSFORMER_CONFIG, seed + _COMPONENT_SEED_OFFSETS["transformer"]),
-        transformer_2=_transformer(TINY_WAN_TRANSFORMER_CONFIG, seed + _COMPONENT_SEED_OFFSETS["transformer_2"]),
+        transformer=_transformer(config, seed + _COMPONENT_SEED_OFFSETS["transformer"]),
+        transformer_2=_transformer(config, seed + _COMPONENT_SEED_OFFSETS["transformer_2"]),
         boundary_ratio=WAN22_A14B_BOUNDARY_RATIO,
     )
     return _save(pipeline, path)
 
 
-def build_wan22_ti2v_pipeline(path: str | os.PathLike[str], seed: int = 0) -> pathlib.Path:
+def build_wan22_ti2v_pipeline(
+    path: str | os.PathLike[str], seed: int = 0, *, transformer_config: Mapping[str, Any] | None = None
+) -> pathlib.Path:
     """Write a random-weight Wan2.2-TI2V-5B `WanPipeline` folder (48-channel VAE, per-token timesteps).
 
     As the real folder, it loads in `WanImageToVideoPipeline` too (no image encoder): the image then becomes the
-    clean first latent frame, whose tokens get timestep 0.
+    clean first latent frame, whose tokens get timestep 0. `transformer_config` overrides fields of its tiny config.
     """
+    config = _transformer_config(TINY_WAN22_TI2V_TRANSFORMER_CONFIG, transformer_config)
     pipeline = WanPipeline(
         **_text_components(seed),
         vae=_vae(TINY_WAN22_VAE_CONFIG, seed),
         scheduler=UniPCMultistepScheduler(**WAN22_TI2V_SCHEDULER_CONFIG),
-        transformer=_transformer(TINY_WAN22_TI2V_TRANSFORMER_CONFIG, seed + _COMPONENT_SEED_OFFSETS["transformer"]),
+        transformer=_transformer(config, seed + _COMPONENT_SEED_OFFSETS["transformer"]),
         expand_timesteps=True,
     )
     return _save(pipeline, path)
@@ -236,8 +267,14 @@ def build_clip_image_processor() -> CLIPImageProcessor:
     )
 
 
-def build_wan_i2v_pipeline(path: str | os.PathLike[str], seed: int = 0) -> pathlib.Path:
-    """Write a random-weight Wan2.1-I2V `WanImageToVideoPipeline` folder (CLIP image encoder and processor)."""
+def build_wan_i2v_pipeline(
+    path: str | os.PathLike[str], seed: int = 0, *, transformer_config: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    """Write a random-weight Wan2.1-I2V `WanImageToVideoPipeline` folder (CLIP image encoder and processor).
+
+    `transformer_config` overrides fields of its tiny config.
+    """
+    config = _transformer_config(TINY_WAN_I2V_TRANSFORMER_CONFIG, transformer_config)
     with seeded(seed + _COMPONENT_SEED_OFFSETS["image_encoder"]):
         image_encoder = build_clip_vision_encoder()
     pipeline = WanImageToVideoPipeline(
@@ -246,7 +283,7 @@ def build_wan_i2v_pipeline(path: str | os.PathLike[str], seed: int = 0) -> pathl
         scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER_CONFIG),
         image_processor=build_clip_image_processor(),
         image_encoder=image_encoder,
-        transformer=_transformer(TINY_WAN_I2V_TRANSFORMER_CONFIG, seed + _COMPONENT_SEED_OFFSETS["transformer"]),
+        transformer=_transformer(config, seed + _COMPONENT_SEED_OFFSETS["transformer"]),
     )
     return _save(pipeline, path)
 
@@ -260,6 +297,7 @@ WAN_BUILDERS = {
 }
 
 __all__ = [
+    "MEDIUM_WAN_TRANSFORMER_CONFIG",
     "TINY_WAN22_TI2V_TRANSFORMER_CONFIG",
     "TINY_WAN22_VAE_CONFIG",
     "TINY_WAN_I2V_TRANSFORMER_CONFIG",

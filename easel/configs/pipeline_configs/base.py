@@ -29,6 +29,9 @@ class ModelTaskType(enum.Enum):
     TI2V = "text+image-to-video"
 
 
+IMAGE_TASKS = (ModelTaskType.T2I, ModelTaskType.I2I, ModelTaskType.TI2I)
+
+
 @dataclasses.dataclass
 class PipelineConfig:
     """Static configuration of one model family's pipeline."""
@@ -88,6 +91,10 @@ class PipelineConfig:
     def pack_latents(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
         """The layout the DiT takes; identity unless the model packs patches into tokens."""
         return latents
+
+    def pack_image_latents(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
+        """The layout in which input-image latents join the DiT's input; by default that of the noise."""
+        return self.pack_latents(latents, batch)
 
     def unpack_latents(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
         """Back to the VAE's (B, C, H, W) layout; the inverse of `pack_latents`."""

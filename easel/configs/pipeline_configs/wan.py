@@ -5,6 +5,7 @@ import logging
 from typing import Any
 
 import torch
+from PIL import Image
 
 from easel.configs.models.dits.wanvideo import WanDitConfig
 from easel.configs.models.encoders.base import TextEncoderConfig
@@ -79,3 +80,44 @@ def _cond_kwargs(embeds: torch.Tensor, latent_model_input: torch.Tensor, t: torc
         "encoder_hidden_states": embeds,
         "freqs_cis": freqs_cis,
     }
+
+
+@dataclasses.dataclass
+class WanImageToVideoPipelineConfig(WanPipelineConfig):
+    """Wan2.1-I2V and Wan2.2-I2V-A14B: the first frame is given; its latents and a mask join the DiT's input
+    channels, and (Wan2.1) its CLIP image tokens join the text in cross-attention."""
+
+    task_type: ModelTaskType = ModelTaskType.I2V
+    min_input_images: int = 1
+    max_input_images: int = 1
+
+    def preprocess_condition_image(self, image: Image.Image, batch: Req) -> torch.Tensor:
+        """The input image as the first frame of an otherwise black video, (1, 3, F, H, W) in [-1, 1]."""
+        frame = super().preprocess_condition_image(image, batch).unsqueeze(2)  # (1, 3, 1, H, W)
+        rest = frame.new_zeros(1, 3, batch.num_frames - 1, batch.height, batch.width)
+        return torch.cat([frame, rest], dim=2)
+
+    def pack_image_latents(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
+        """[mask | latents] on channels: the mask marks, per latent frame and VAE time step, which frames are given
+        (the first only); (B, 4 + C, F, h, w)."""
+        b, _, frames, h, w = latents.shape
+        step = self.vae_config.temporal_compression
+        given = torch.zeros(b, 1, batch.num_frames, h, w, device=latents.device)
+        given[:, :, 0] = 1
+        # The first frame stands for a whole latent frame of `step` video frames.
+        given = torch.cat([given[:, :, :1].repeat_interleave(step, dim=2), given[:, :, 1:]], dim=2)
+        mask = given.view(b, frames, step, h, w).transpose(1, 2)  # (B, step, F, h, w)
+        return torch.cat([mask, latents], dim=1)
+
+    def prepare_pos_cond_kwargs(self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, **kwargs):
+        return self._with_image(super().prepare_pos_cond_kwargs(batch, latent_model_input, t, **kwargs), batch)
+
+    def prepare_neg_cond_kwargs(self, batch: Req, latent_model_input: torch.Tensor, t: torch.Tensor, **kwargs):
+        return self._with_image(super().prepare_neg_cond_kwargs(batch, latent_model_input, t, **kwargs), batch)
+
+    @staticmethod
+    def _with_image(kwargs: dict, batch: Req) -> dict:
+        kwargs["hidden_states"] = torch.cat([kwargs["hidden_states"], batch.image_latents[0]], dim=1)
+        if batch.image_embeds:  # Wan2.1: CLIP image tokens; Wan2.2-I2V has no image encoder
+            kwargs["encoder_hidden_states_image"] = batch.image_embeds[0]
+        return kwargs

@@ -1,4 +1,4 @@
-"""Wan text-to-video (Wan2.1 T2V, Wan2.2-A14B with two experts), composed from the standard stages."""
+"""Wan text-to-video and image-to-video (Wan2.1, Wan2.2-A14B with two experts), from the standard stages."""
 
 from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
 from easel.runtime.pipelines_core.lora_pipeline import LoRAPipeline
@@ -17,4 +17,14 @@ class WanPipeline(LoRAPipeline, ComposedPipelineBase):
         self.add_standard_t2i_stages()
 
 
-EntryClass = [WanPipeline]
+class WanImageToVideoPipeline(WanPipeline):
+    """Wan image-to-video: WanPipeline's modules plus, for Wan2.1, a CLIP image encoder."""
+
+    pipeline_name = "WanImageToVideoPipeline"
+    _optional_config_modules = ["transformer_2", "image_encoder", "image_processor"]
+
+    def create_pipeline_stages(self, server_args: ServerArgs) -> None:
+        self.add_standard_ti2v_stages()
+
+
+EntryClass = [WanPipeline, WanImageToVideoPipeline]

@@ -11,6 +11,7 @@ from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages import (
     DecodingStage,
     DenoisingStage,
+    ImageEncodingStage,
     ImageVAEEncodingStage,
     InputValidationStage,
     LatentPreparationStage,
@@ -69,8 +70,9 @@ class ComposedPipelineBase:
         self._add_standard_stages(prepare_extra_timestep_kwargs, encode_images=True)
 
     def add_standard_ti2v_stages(self, prepare_extra_timestep_kwargs: list[TimestepKwargsFn] | tuple = ()) -> None:
-        """Text+image-to-video; needs ImageEncodingStage and ImageVAEEncodingStage."""
-        raise NotImplementedError("text+image-to-video stages arrive with the first video model")
+        """Text+image-to-video: as text+image-to-image, with the input image also through the image encoder where
+        the model has one (Wan2.1-I2V's CLIP)."""
+        self._add_standard_stages(prepare_extra_timestep_kwargs, encode_images=True)
 
     def add_standard_decoding_stage(self) -> None:
         self.add_stage(DecodingStage(self.get_module("vae")))
@@ -78,6 +80,8 @@ class ComposedPipelineBase:
     def _add_standard_stages(self, prepare_extra_timestep_kwargs, encode_images: bool) -> None:
         self.add_stage(InputValidationStage())
         self.add_stage(self._text_encoding_stage())
+        if encode_images and "image_encoder" in self.modules:
+            self.add_stage(ImageEncodingStage(self.get_module("image_encoder"), self.get_module("image_processor")))
         if encode_images:
             self.add_stage(ImageVAEEncodingStage(self.get_module("vae")))
         self.add_stage(TimestepPreparationStage(self.get_module("scheduler"), prepare_extra_timestep_kwargs))

@@ -36,6 +36,9 @@ class Req:
     condition_images: list[Image.Image] = dataclasses.field(default_factory=list)
     image_latents: list[torch.Tensor] = dataclasses.field(default_factory=list)
     image_latent_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # before packing
+    image_embeds: list[torch.Tensor] = dataclasses.field(
+        default_factory=list
+    )  # image-encoder tokens (ImageEncodingStage)
 
     # Guidance, decided by InputValidationStage from the model's PipelineConfig.
     do_classifier_free_guidance: bool = False

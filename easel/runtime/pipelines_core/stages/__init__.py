@@ -3,6 +3,7 @@
 from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.pipelines_core.stages.decoding import DecodingStage
 from easel.runtime.pipelines_core.stages.denoising import DenoisingStage
+from easel.runtime.pipelines_core.stages.image_encoding import ImageEncodingStage
 from easel.runtime.pipelines_core.stages.image_vae_encoding import ImageVAEEncodingStage
 from easel.runtime.pipelines_core.stages.input_validation import InputValidationStage
 from easel.runtime.pipelines_core.stages.latent_preparation import LatentPreparationStage
@@ -12,6 +13,7 @@ from easel.runtime.pipelines_core.stages.timestep_preparation import TimestepPre
 __all__ = [
     "DecodingStage",
     "DenoisingStage",
+    "ImageEncodingStage",
     "ImageVAEEncodingStage",
     "InputValidationStage",
     "LatentPreparationStage",

@@ -8,7 +8,14 @@ from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.server_args import ServerArgs
 
 # The conditioning tensors, cast to the DiT's dtype once per request rather than in every step.
-CONDITIONING_FIELDS = ("prompt_embeds", "negative_prompt_embeds", "pooled_embeds", "neg_pooled_embeds", "image_latents")
+CONDITIONING_FIELDS = (
+    "prompt_embeds",
+    "negative_prompt_embeds",
+    "pooled_embeds",
+    "neg_pooled_embeds",
+    "image_latents",
+    "image_embeds",
+)
 
 
 class DenoisingStage(PipelineStage):

@@ -2,6 +2,7 @@
 
 import torch
 
+from easel.configs.pipeline_configs.base import IMAGE_TASKS
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.server_args import ServerArgs
@@ -27,9 +28,9 @@ class ImageVAEEncodingStage(PipelineStage):
             pixels = config.preprocess_condition_image(image, batch).to(param.device, param.dtype)
             latents = self.vae.encode(pixels).latent_dist.mode()  # (1, C, h, w), or (1, C, 1, h, w): a video VAE
             latents = config.normalize_image_latents(latents)
-            if latents.dim() == 5 and latents.shape[2] == 1:  # a video VAE encoding a still image: drop the frame axis
+            if config.task_type in IMAGE_TASKS and latents.dim() == 5:  # a video VAE encoding a still image
                 latents = latents[:, :, 0]
             latents = latents.float().repeat(batch.batch_size, *[1] * (latents.dim() - 1))
             batch.image_latent_shapes.append(tuple(latents.shape))
-            batch.image_latents.append(config.pack_latents(latents, batch))
+            batch.image_latents.append(config.pack_image_latents(latents, batch))
         return batch
