@@ -28,7 +28,7 @@ from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingPar
 from easel.configs.sample.qwen_image import QwenImageEditSamplingParams, QwenImageSamplingParams
 from easel.configs.sample.qwen_image_layered import QwenImageLayeredSamplingParams
 from easel.configs.sample.sd3 import SD3SamplingParams
-from easel.configs.sample.wan import WanSamplingParams
+from easel.configs.sample.wan import WanSamplingParams, WanTI2VSamplingParams
 from easel.configs.sample.z_image import ZImageSamplingParams, ZImageTurboSamplingParams
 from easel.errors import ModelLoadError
 
@@ -206,4 +206,10 @@ register_configs(
         "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
     ],
     model_detectors=[lambda index: index["_class_name"] == "WanImageToVideoPipeline"],
+)
+register_configs(
+    model_family="wan2.2-ti2v",
+    sampling_param_cls=WanTI2VSamplingParams,
+    pipeline_config_cls=WanPipelineConfig,
+    hf_model_paths=["Wan-AI/Wan2.2-TI2V-5B-Diffusers"],
 )

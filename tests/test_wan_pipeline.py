@@ -53,3 +53,22 @@ class TestWanI2VParity(PipelineParityMixin):
         {"height": 64, "width": 64, "image": input_image(), **VIDEO},
         {"height": 48, "width": 80, "image": input_image(), **VIDEO},
     ]
+
+
+class TestWan22TI2VParity(PipelineParityMixin):
+    """Wan2.2-TI2V-5B as text-to-video: one timestep per token, a 48-channel VAE of 16x spatial compression."""
+
+    kind = "wan2.2-ti2v"
+    reference_cls = diffusers.WanPipeline
+    cases = [{"height": 64, "width": 64, **VIDEO}, {"height": 32, "width": 64, **VIDEO}]
+
+
+class TestWan22TI2VImageParity(PipelineParityMixin):
+    """The same folder given a first frame: Diffusers runs it through WanImageToVideoPipeline."""
+
+    kind = "wan2.2-ti2v"
+    reference_cls = diffusers.WanImageToVideoPipeline
+    cases = [
+        {"height": 64, "width": 64, "image": input_image(), **VIDEO},
+        {"height": 32, "width": 64, "image": input_image(), **VIDEO},
+    ]

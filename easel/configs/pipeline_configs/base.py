@@ -48,6 +48,10 @@ class PipelineConfig:
     min_input_images: int = 0
     max_input_images: int = 0
 
+    def input_image_range(self) -> tuple[int, int]:
+        """How many input images a request may take, (at least, at most)."""
+        return self.min_input_images, self.max_input_images
+
     # --- the request ------------------------------------------------------------------------------------------
     def prepare_request(self, batch: Req) -> None:
         """Model-specific changes to a request before it is validated, e.g. fitting it to a pixel budget."""

@@ -17,3 +17,13 @@ class WanSamplingParams(SamplingParams):
     num_frames: int = 81
     fps: int = 16
     output_format: str = "mp4"
+
+
+@dataclasses.dataclass
+class WanTI2VSamplingParams(WanSamplingParams):
+    """Wan2.2-TI2V-5B's card: 121 frames of 1280x704 at 24 fps."""
+
+    height: int = 704
+    width: int = 1280
+    num_frames: int = 121
+    fps: int = 24

@@ -13,8 +13,12 @@ class WanPipeline(LoRAPipeline, ComposedPipelineBase):
     _optional_config_modules = ["transformer_2"]
 
     def create_pipeline_stages(self, server_args: ServerArgs) -> None:
-        # UniPC derives its flow sigmas from its own config: no timestep hooks.
-        self.add_standard_t2i_stages()
+        # UniPC derives its flow sigmas from its own config: no timestep hooks. Wan2.2-TI2V-5B (expand_timesteps)
+        # also takes an optional first frame, so it gets the image stages.
+        if server_args.pipeline_config.expand_timesteps:
+            self.add_standard_ti2v_stages()
+        else:
+            self.add_standard_t2i_stages()
 
 
 class WanImageToVideoPipeline(WanPipeline):

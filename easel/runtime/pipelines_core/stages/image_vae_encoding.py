@@ -15,8 +15,9 @@ class ImageVAEEncodingStage(PipelineStage):
     VAE's single frame is dropped, so that they have the (B, C, h, w) layout of the noise before `pack_latents`.
     """
 
-    input_fields = ("condition_images",)
-    output_fields = ("image_latents", "image_latent_shapes")
+    def verify_output(self, batch: Req, server_args: ServerArgs) -> list[str]:
+        # Some models take an image optionally (Wan2.2-TI2V); latents are owed only for images given.
+        return ["image_latents"] if batch.condition_images and not batch.image_latents else []
 
     def __init__(self, vae: torch.nn.Module):
         self.vae = vae

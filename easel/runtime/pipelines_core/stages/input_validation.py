@@ -17,7 +17,7 @@ class InputValidationStage(PipelineStage):
 
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
         config = server_args.pipeline_config
-        count, low, high = len(as_list(batch.image)), config.min_input_images, config.max_input_images
+        count, (low, high) = len(as_list(batch.image)), config.input_image_range()
         if not low <= count <= high:
             wanted = f"{low}" if low == high else f"{low} to {high}"
             raise InvalidInputError(f"this model takes {wanted} input image(s), got {count}")
