@@ -72,3 +72,14 @@ class TestWan22TI2VImageParity(PipelineParityMixin):
         {"height": 64, "width": 64, "image": input_image(), **VIDEO},
         {"height": 32, "width": 64, "image": input_image(), **VIDEO},
     ]
+
+
+class TestWan22I2VA14BParity(PipelineParityMixin):
+    """Wan2.2-I2V-A14B: two image-to-video experts, no image encoder; two steps cross the expert switch."""
+
+    kind = "wan2.2-i2v-a14b"
+    reference_cls = diffusers.WanImageToVideoPipeline
+    cases = [
+        {"height": 64, "width": 64, "image": input_image(), **VIDEO},
+        {"height": 48, "width": 80, "image": input_image(), **VIDEO, "guidance_scale_2": 3.0},
+    ]

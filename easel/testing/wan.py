@@ -85,6 +85,9 @@ TINY_WAN_VAE_CONFIG: dict[str, Any] = {
 # changes; its output convolution scaled 3x spans about 0..0.83, as a trained decoder does. (The tiny Wan2.2 decoder,
 # with its latent statistics below, already spans 0..1.)
 WAN_VAE_OUTPUT_GAIN = 3.0
+# A random encoder maps every image to nearly the same latents; where the image reaches the DiT only through them
+# (Wan2.2-I2V-A14B has no image encoder), its output convolution is scaled so that images differ (as Qwen-Image's).
+WAN_VAE_ENCODER_GAIN = 50.0
 
 
 def _wan22_latent_statistics() -> tuple[list[float], list[float]]:
@@ -173,12 +176,14 @@ def _text_components(seed: int) -> dict[str, Any]:
     return {"tokenizer": tokenizer, "text_encoder": text_encoder}
 
 
-def _vae(config: dict[str, Any], seed: int, output_gain: float = 1.0) -> AutoencoderKLWan:
+def _vae(config: dict[str, Any], seed: int, output_gain: float = 1.0, encoder_gain: float = 1.0) -> AutoencoderKLWan:
     with seeded(seed + _COMPONENT_SEED_OFFSETS["vae"]):
         vae = AutoencoderKLWan(**config).eval()
     with torch.no_grad():
         for parameter in vae.decoder.conv_out.parameters():
             parameter.mul_(output_gain)
+        for parameter in vae.encoder.conv_out.parameters():
+            parameter.mul_(encoder_gain)
     return vae
 
 
@@ -289,9 +294,28 @@ def build_wan_i2v_pipeline(
 
 
 # kind -> builder(path, seed), for `easel.testing.TINY_PIPELINE_BUILDERS`.
+def build_wan22_i2v_a14b_pipeline(
+    path: str | os.PathLike[str], seed: int = 0, *, transformer_config: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    """Write a random-weight Wan2.2-I2V-A14B `WanImageToVideoPipeline` folder: two image-to-video experts switched
+    at `boundary_ratio`, and no image encoder (the first frame enters only through the VAE latents)."""
+    overrides = {"image_dim": None, "added_kv_proj_dim": None, **(transformer_config or {})}
+    config = _transformer_config(TINY_WAN_I2V_TRANSFORMER_CONFIG, overrides)
+    pipeline = WanImageToVideoPipeline(
+        **_text_components(seed),
+        vae=_vae(TINY_WAN_VAE_CONFIG, seed, WAN_VAE_OUTPUT_GAIN, WAN_VAE_ENCODER_GAIN),
+        scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER_CONFIG),
+        transformer=_transformer(config, seed + _COMPONENT_SEED_OFFSETS["transformer"]),
+        transformer_2=_transformer(config, seed + _COMPONENT_SEED_OFFSETS["transformer_2"]),
+        boundary_ratio=WAN22_A14B_BOUNDARY_RATIO,
+    )
+    return _save(pipeline, path)
+
+
 WAN_BUILDERS = {
     "wan-t2v": build_wan_t2v_pipeline,
     "wan-i2v": build_wan_i2v_pipeline,
+    "wan2.2-i2v-a14b": build_wan22_i2v_a14b_pipeline,
     "wan2.2-a14b": build_wan22_a14b_pipeline,
     "wan2.2-ti2v": build_wan22_ti2v_pipeline,
 }
