@@ -26,13 +26,22 @@ from tests.tiny_builders import (
 
 NUM_FRAMES = 9
 # Non-square sizes that are multiples of 16 (8x VAE, 2x2 patches) or 32 (Wan2.2's 16x VAE).
-SIZES = {"wan-t2v": (48, 80), "wan-i2v": (48, 80), "wan2.2-a14b": (48, 80), "wan2.2-ti2v": (32, 64)}
+SIZES = {
+    "wan-t2v": (48, 80),
+    "wan-i2v": (48, 80),
+    "wan2.2-i2v-a14b": (48, 80),
+    "wan2.2-a14b": (48, 80),
+    "wan2.2-ti2v": (32, 64),
+}
 PIPELINES = {
     "wan-t2v": WanPipeline,
     "wan-i2v": WanImageToVideoPipeline,
+    "wan2.2-i2v-a14b": WanImageToVideoPipeline,
     "wan2.2-a14b": WanPipeline,
     "wan2.2-ti2v": WanPipeline,
 }
+IMAGE_KINDS = ("wan-i2v", "wan2.2-i2v-a14b")
+TWO_EXPERT_KINDS = ("wan2.2-a14b", "wan2.2-i2v-a14b")
 
 
 def _image(seed: int) -> Image.Image:
@@ -71,7 +80,7 @@ def test_folder_has_the_diffusers_layout(built: tuple[str, pathlib.Path]) -> Non
     vae = WanVAEConfig.from_dict(json.loads((folder / "vae" / "config.json").read_text()))
     assert vae.temporal_compression == 4
 
-    if kind == "wan2.2-a14b":
+    if kind in TWO_EXPERT_KINDS:
         assert model_index["transformer_2"] == ["diffusers", "WanTransformer3DModel"]
         assert model_index["boundary_ratio"] == WAN22_A14B_BOUNDARY_RATIO
     if kind == "wan2.2-ti2v":
@@ -97,7 +106,7 @@ def test_folder_has_the_diffusers_layout(built: tuple[str, pathlib.Path]) -> Non
 def test_runs_and_is_sensitive_to_its_conditioning(built: tuple[str, pathlib.Path]) -> None:
     kind, folder = built
     pipeline = load_reference(PIPELINES[kind], folder)
-    image_kwargs = {"image": _image(0)} if kind == "wan-i2v" else {}
+    image_kwargs = {"image": _image(0)} if kind in IMAGE_KINDS else {}
     for height, width in [(64, 64), SIZES[kind]]:
         frames = _generate(pipeline, height, width, **image_kwargs)
         assert frames.shape == (NUM_FRAMES, height, width, 3)
@@ -106,7 +115,7 @@ def test_runs_and_is_sensitive_to_its_conditioning(built: tuple[str, pathlib.Pat
         effect = np.abs(frames - other_prompt).max()
         print(f"{kind} {height}x{width}: prompt effect {effect:.4f}")
         assert effect >= MIN_CONDITIONING_EFFECT
-        if kind == "wan-i2v":
+        if kind in IMAGE_KINDS:
             other_image = _generate(pipeline, height, width, image=_image(1))
             image_effect = np.abs(frames - other_image).max()
             print(f"{kind} {height}x{width}: image effect {image_effect:.4f}")
