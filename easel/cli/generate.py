@@ -14,6 +14,8 @@ def add_generate_parser(commands) -> None:
     for kind in ("dit", "vae", "text-encoder"):
         model.add_argument(f"--{kind}-precision", default="auto", choices=precisions, help=f"{kind} weights dtype")
     model.add_argument("--attention-backend", default="torch_sdpa", help="attention implementation")
+    model.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images, long videos")
+    model.add_argument("--vae-slicing", action="store_true", help="decode one sample at a time")
     model.add_argument("--log-level", default="warning", help="debug, info, warning or error")
 
     request = parser.add_argument_group("request (unset values take the model's defaults)")
@@ -71,6 +73,8 @@ def run_generate(args: argparse.Namespace) -> int:
         vae_precision=args.vae_precision,
         text_encoder_precision=args.text_encoder_precision,
         attention_backend=args.attention_backend,
+        vae_tiling=args.vae_tiling,
+        vae_slicing=args.vae_slicing,
         output_dir=args.output_dir,
         log_level=args.log_level,
     )

@@ -23,6 +23,10 @@ class ServerArgs:
     vae_precision: str = "auto"
     text_encoder_precision: str = "auto"
     attention_backend: str = "torch_sdpa"
+    # Decode (and encode) in tiles, and one sample at a time, so that long or large videos do not need every
+    # full-resolution frame in memory at once (Diffusers' VAE tiling and slicing).
+    vae_tiling: bool = False
+    vae_slicing: bool = False
     output_dir: str = "outputs"
     log_level: str = "warning"
     enable_stage_verification: bool = True

@@ -45,6 +45,10 @@ def load_pipeline_modules(
         config.dit_config = modules["transformer"].config
     if "vae" in modules:
         config.vae_config = type(config.vae_config).from_dict(dict(modules["vae"].config))
+        if server_args.vae_tiling:
+            modules["vae"].enable_tiling()
+        if server_args.vae_slicing:
+            modules["vae"].enable_slicing()
     return modules
 
 
