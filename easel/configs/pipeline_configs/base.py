@@ -154,7 +154,7 @@ class PipelineConfig:
     # --- decoding -------------------------------------------------------------------------------------------
     def get_decode_scale_and_shift(self) -> tuple[float, float | None]:
         """(scale, shift) such that the VAE decodes `latents / scale + shift`."""
-        return self.vae_config.scaling_factor, self.vae_config.shift_factor
+        return self.vae_config.decode_scale_and_shift()
 
 
 @dataclasses.dataclass

@@ -74,12 +74,6 @@ class QwenImagePipelineConfig(FluxPipelineConfig):
         cond_norm = torch.norm(noise_pred, dim=-1, keepdim=True)
         return guided * (cond_norm / torch.norm(guided, dim=-1, keepdim=True))
 
-    def get_decode_scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel statistics shaped for (B, C, F, H, W) latents: decoding takes `latents * std + mean`."""
-        mean = torch.tensor(self.vae_config.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(self.vae_config.latents_std).view(1, -1, 1, 1, 1)
-        return 1.0 / std, mean  # latents / (1 / std) + mean, the very operations Diffusers runs
-
     def normalize_image_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(latents - mean) / std, as Diffusers' edit pipelines write it (multiplying by 1 / std rounds otherwise)."""
         mean = torch.tensor(self.vae_config.latents_mean).view(1, -1, 1, 1, 1).to(latents)

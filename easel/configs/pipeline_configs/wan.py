@@ -107,12 +107,6 @@ class WanPipelineConfig(PipelineConfig):
     def unpack_latents(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
         return self.with_first_frame(latents, batch) if self.expand_timesteps else latents
 
-    def get_decode_scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel statistics for (B, C, F, H, W) latents: decoding takes `latents * std + mean`."""
-        mean = torch.tensor(self.vae_config.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(self.vae_config.latents_std).view(1, -1, 1, 1, 1)
-        return 1.0 / std, mean  # latents / (1 / std) + mean, the very operations Diffusers runs
-
 
 @dataclasses.dataclass
 class WanImageToVideoPipelineConfig(WanPipelineConfig):

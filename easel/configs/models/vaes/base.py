@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import torch
+
 from easel.configs.models.base import ModelConfig
 
 
@@ -13,6 +15,10 @@ class VAEConfig(ModelConfig):
     latent_channels: int = 4
     scaling_factor: float = 1.0
     shift_factor: float | None = None
+
+    def decode_scale_and_shift(self) -> tuple[float | torch.Tensor, float | torch.Tensor | None]:
+        """(scale, shift) such that the VAE decodes `latents / scale + shift`."""
+        return self.scaling_factor, self.shift_factor
 
     @property
     def spatial_compression(self) -> int:

@@ -3,7 +3,7 @@ normalized per channel by `latents_mean` / `latents_std`."""
 
 import dataclasses
 
-from easel.configs.models.vaes.base import VAEConfig
+from easel.configs.models.vaes.wanvideo import WanVAEConfig
 
 # Defaults of `Qwen/Qwen-Image/vae/config.json` (also Diffusers' `AutoencoderKLQwenImage` defaults).
 QWEN_IMAGE_LATENTS_MEAN = (
@@ -17,41 +17,11 @@ QWEN_IMAGE_LATENTS_STD = (
 
 
 @dataclasses.dataclass
-class QwenImageVAEConfig(VAEConfig):
-    """A causal 3D (Wan-style) VAE used on single frames: latents are (B, z_dim, frames, H / 8, W / 8).
+class QwenImageVAEConfig(WanVAEConfig):
+    """Wan's causal 3D VAE, used on single frames with Qwen-Image's latent statistics: latents are
+    (B, z_dim, 1, H / 8, W / 8), normalized per channel (`scaling_factor` and `shift_factor` are unused).
+    Qwen-Image-Layered's RGBA variant has `input_channels` 4."""
 
-    The latent normalization is per channel: the DiT works on `(z - latents_mean) / latents_std`, so the decoder
-    takes `latents * latents_std + latents_mean`; `scaling_factor` and `shift_factor` are unused (1 and None).
-    """
-
-    base_dim: int = 96
-    z_dim: int = 16
-    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
-    num_res_blocks: int = 2
-    temperal_downsample: tuple[bool, ...] = (False, True, True)  # sic: Diffusers' spelling
-    # 3 (RGB); Qwen-Image-Layered's RGBA VAE has 4.
     input_channels: int = 3
     latents_mean: tuple[float, ...] = QWEN_IMAGE_LATENTS_MEAN
     latents_std: tuple[float, ...] = QWEN_IMAGE_LATENTS_STD
-    # Derived from the fields above in __post_init__ (config.json names neither).
-    latent_channels: int = 16
-    block_out_channels: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.dim_mult = tuple(self.dim_mult)
-        self.temperal_downsample = tuple(self.temperal_downsample)
-        self.latents_mean = tuple(self.latents_mean)
-        self.latents_std = tuple(self.latents_std)
-        self.latent_channels = self.z_dim
-        self.block_out_channels = tuple(self.base_dim * mult for mult in self.dim_mult)
-        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
-            raise ValueError(
-                f"latents_mean / latents_std need {self.z_dim} values (z_dim), got "
-                f"{len(self.latents_mean)} / {len(self.latents_std)}"
-            )
-
-    @property
-    def spatial_compression(self) -> int:
-        """Pixels per latent along each side: one halving per entry of `temperal_downsample` (one per down stage
-        but the last), the factor Diffusers' Qwen-Image pipelines use (`2 ** len(vae.temperal_downsample)`)."""
-        return 2 ** len(self.temperal_downsample)

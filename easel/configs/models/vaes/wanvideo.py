@@ -6,6 +6,8 @@ patchify around an 8x VAE, `patch_size` 2 in its config).
 
 import dataclasses
 
+import torch
+
 from easel.configs.models.vaes.base import VAEConfig
 
 # Defaults of `Wan-AI/Wan2.1-T2V-1.3B-Diffusers/vae/config.json` (also Diffusers' `AutoencoderKLWan` defaults).
@@ -59,6 +61,12 @@ class WanVAEConfig(VAEConfig):
                 f"latents_mean / latents_std need {self.z_dim} values (z_dim), got "
                 f"{len(self.latents_mean)} / {len(self.latents_std)}"
             )
+
+    def decode_scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel statistics shaped for (B, C, F, H, W) latents: decoding takes `latents * std + mean`."""
+        mean = torch.tensor(self.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(self.latents_std).view(1, -1, 1, 1, 1)
+        return 1.0 / std, mean  # latents / (1 / std) + mean, the very operations Diffusers runs
 
     @property
     def spatial_compression(self) -> int:
