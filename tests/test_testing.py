@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from easel.testing import TINY_PIPELINE_BUILDERS, build_tiny_pipeline
 from easel.testing.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from tests.parity import reference_images
 from tests.tiny_builders import (
     MIN_CONDITIONING_EFFECT,
     NEGATIVE_PROMPT,
@@ -30,14 +31,7 @@ def flux_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.
 
 
 def _generate(pipeline: FluxPipeline, height: int, width: int, **call_kwargs) -> np.ndarray:
-    return pipeline(
-        height=height,
-        width=width,
-        num_inference_steps=2,
-        generator=torch.Generator("cpu").manual_seed(0),
-        output_type="np",
-        **call_kwargs,
-    ).images
+    return reference_images(pipeline, 0, height=height, width=width, num_inference_steps=2, **call_kwargs)
 
 
 @pytest.mark.parametrize("kind", FLUX_KINDS)

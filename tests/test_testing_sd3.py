@@ -14,6 +14,7 @@ from easel.configs.models.vaes.sd3 import SD3VAEConfig
 from easel.runtime.models.dits.sd3 import SD3Transformer2DModel
 from easel.testing.sd3 import SD3_BUILDERS, TINY_SD3_SKIP_GUIDANCE_LAYERS, build_sd3_pipeline
 from easel.testing.tokenizers import build_clip_tokenizer, build_open_clip_tokenizer
+from tests.parity import reference_images
 from tests.tiny_builders import (
     MIN_CONDITIONING_EFFECT,
     NEGATIVE_PROMPT,
@@ -42,13 +43,7 @@ def pipeline(folder: pathlib.Path) -> StableDiffusion3Pipeline:
 
 def _generate(pipeline: StableDiffusion3Pipeline, height: int, width: int, **call_kwargs) -> np.ndarray:
     call_kwargs = {"prompt": PROMPT, "num_inference_steps": 2, "guidance_scale": 4.5, **call_kwargs}
-    return pipeline(
-        height=height,
-        width=width,
-        generator=torch.Generator("cpu").manual_seed(0),
-        output_type="np",
-        **call_kwargs,
-    ).images
+    return reference_images(pipeline, 0, height=height, width=width, **call_kwargs)
 
 
 def test_folder_has_the_diffusers_layout(folder: pathlib.Path, pipeline: StableDiffusion3Pipeline) -> None:

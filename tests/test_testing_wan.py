@@ -13,6 +13,7 @@ from easel.configs.models.dits.wanvideo import WanDitConfig
 from easel.configs.models.vaes.wanvideo import WanVAEConfig
 from easel.runtime.models.dits.wanvideo import WanTransformer3DModel
 from easel.testing.wan import WAN22_A14B_BOUNDARY_RATIO, WAN_BUILDERS
+from tests.parity import reference_images
 from tests.tiny_builders import (
     MIN_CONDITIONING_EFFECT,
     NEGATIVE_PROMPT,
@@ -56,15 +57,8 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def _generate(pipeline, height: int, width: int, **call_kwargs) -> np.ndarray:
     call_kwargs = {"prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "guidance_scale": 5.0, **call_kwargs}
-    return pipeline(
-        height=height,
-        width=width,
-        num_frames=NUM_FRAMES,
-        num_inference_steps=2,
-        generator=torch.Generator("cpu").manual_seed(0),
-        output_type="np",
-        **call_kwargs,
-    ).frames[0]
+    request = {"height": height, "width": width, "num_frames": NUM_FRAMES, "num_inference_steps": 2, **call_kwargs}
+    return reference_images(pipeline, 0, **request)[0]
 
 
 def test_folder_has_the_diffusers_layout(built: tuple[str, pathlib.Path]) -> None:

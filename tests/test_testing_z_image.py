@@ -9,6 +9,7 @@ import torch
 from diffusers import ZImagePipeline
 
 from easel.testing.z_image import QWEN3_TOKENIZER_SIZE, Z_IMAGE_BUILDERS, build_z_image_pipeline
+from tests.parity import reference_images
 from tests.tiny_builders import (
     MIN_CONDITIONING_EFFECT,
     NEGATIVE_PROMPT,
@@ -33,15 +34,7 @@ def pipeline(folder: pathlib.Path) -> ZImagePipeline:
 def _generate(pipeline: ZImagePipeline, prompt: str, height: int, width: int, cfg: bool) -> np.ndarray:
     # Z-Image runs CFG whenever guidance_scale > 0 (pos + scale * (pos - neg)); 0 turns it off, as for Turbo.
     guidance = dict(guidance_scale=4.0, negative_prompt=NEGATIVE_PROMPT) if cfg else dict(guidance_scale=0.0)
-    return pipeline(
-        prompt,
-        height=height,
-        width=width,
-        num_inference_steps=2,
-        generator=torch.Generator("cpu").manual_seed(0),
-        output_type="np",
-        **guidance,
-    ).images
+    return reference_images(pipeline, 0, prompt=prompt, height=height, width=width, num_inference_steps=2, **guidance)
 
 
 def test_folder_has_the_diffusers_layout(folder: pathlib.Path, pipeline: ZImagePipeline) -> None:
