@@ -1,5 +1,6 @@
 """Model resolution and loading: families by id / folder name / detector, sharded weights, Hugging Face ids."""
 
+import json
 import shutil
 
 import diffusers
@@ -61,3 +62,20 @@ def test_uncached_hf_id_says_what_to_download(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelLoadError, match="huggingface-cli download easel-tests/no-such-model"):
         resolve_model_path("easel-tests/no-such-model")
+
+
+def test_folder_sampling_defaults_override_the_family(tiny_pipeline, tmp_path):
+    folder = shutil.copytree(tiny_pipeline("flux"), tmp_path / "with-defaults")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_easel_sampling_defaults"] = {"height": 32, "width": 48, "num_inference_steps": 1}
+    (folder / "model_index.json").write_text(json.dumps(index))
+
+    generator = DiffGenerator.from_pretrained(folder, progress_bar=False)
+    assert generator.generate("a cat", output_type="np").images.shape == (1, 32, 48, 3)
+    # Diffusers still loads the folder: it ignores keys that start with "_".
+    assert diffusers.FluxPipeline.from_pretrained(folder).transformer is not None
+
+    index["_easel_sampling_defaults"] = {"hieght": 32}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="_easel_sampling_defaults.*hieght"):
+        DiffGenerator.from_pretrained(folder)

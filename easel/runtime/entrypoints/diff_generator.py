@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from easel.configs.sample.base import SamplingParams
 from easel.errors import InvalidInputError
 from easel.registry import ModelFamily
 from easel.runtime.loader.pipeline_loader import load_pipeline
@@ -31,12 +32,19 @@ class GenerationResult:
 
 
 class DiffGenerator:
-    """A loaded pipeline plus its family's sampling defaults."""
+    """A loaded pipeline plus the sampling defaults of its requests."""
 
-    def __init__(self, pipeline: ComposedPipelineBase, family: ModelFamily, server_args: ServerArgs):
+    def __init__(
+        self,
+        pipeline: ComposedPipelineBase,
+        family: ModelFamily,
+        server_args: ServerArgs,
+        sampling_defaults: SamplingParams,
+    ):
         self.pipeline = pipeline
         self.family = family
         self.server_args = server_args
+        self.sampling_defaults = sampling_defaults
 
     @classmethod
     def from_pretrained(cls, model_path: str, **server_args: Any) -> "DiffGenerator":
@@ -47,13 +55,13 @@ class DiffGenerator:
         args = ServerArgs(model_path=str(model_path), **server_args)
         logging.getLogger("easel").setLevel(args.log_level.upper())
         start = time.perf_counter()
-        pipeline, family = load_pipeline(args)
+        pipeline, family, sampling_defaults = load_pipeline(args)
         logger.info("loaded %s (%s) in %.1f s", model_path, family.name, time.perf_counter() - start)
-        return cls(pipeline, family, args)
+        return cls(pipeline, family, args, sampling_defaults)
 
     def generate(self, prompt: str | list[str] | None = None, **sampling_params: Any) -> GenerationResult:
         """Generates images (or videos) for `prompt`; other keyword arguments are `SamplingParams` fields."""
-        params = self.family.sampling_param_cls().updated(prompt=prompt, **sampling_params)
+        params = self.sampling_defaults.updated(prompt=prompt, **sampling_params)
         batch = Req.from_sampling_params(params)
         paths: list[Path] = []
         if params.output_path is not None:  # checked before any work, so a bad path costs nothing
