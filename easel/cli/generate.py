@@ -2,21 +2,22 @@
 
 import argparse
 import json
+from typing import Any
 
 
 def add_generate_parser(commands) -> None:
     parser = commands.add_parser("generate", help="generate images from a prompt", description=__doc__)
     parser.set_defaults(run=run_generate)
     model = parser.add_argument_group("model and engine")
-    model.add_argument("--model-path", required=True, help="a Diffusers-format folder or a Hugging Face id")
-    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: a GPU when there is one)")
-    precisions = ["auto", "fp32", "bf16", "fp16"]  # ServerArgs.PRECISIONS; spelled out so --help needs no torch
-    for kind in ("dit", "vae", "text-encoder"):
-        model.add_argument(f"--{kind}-precision", default="auto", choices=precisions, help=f"{kind} weights dtype")
-    model.add_argument("--attention-backend", default="torch_sdpa", help="attention implementation")
-    model.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images, long videos")
-    model.add_argument("--vae-slicing", action="store_true", help="decode one sample at a time")
-    model.add_argument("--log-level", default="warning", help="debug, info, warning or error")
+    add_engine_arguments(model)
+    model.add_argument(
+        "--lora-path",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        type=_lora_spec,
+        help="a LoRA file (Diffusers/PEFT or kohya/ComfyUI safetensors) applied at STRENGTH (default 1; repeatable)",
+    )
 
     request = parser.add_argument_group("request (unset values take the model's defaults)")
     request.add_argument("--prompt", required=True, help="what to draw")
@@ -52,6 +53,42 @@ def add_generate_parser(commands) -> None:
     model.add_argument("--output-dir", default="outputs", help="where images go when --output-path is not given")
 
 
+def add_engine_arguments(group: argparse._ArgumentGroup) -> None:
+    """The options that load a model (`easel generate` and `easel serve` share them)."""
+    group.add_argument("--model-path", required=True, help="a Diffusers-format folder or a Hugging Face id")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: a GPU when there is one)")
+    precisions = ["auto", "fp32", "bf16", "fp16"]  # ServerArgs.PRECISIONS; spelled out so --help needs no torch
+    for kind in ("dit", "vae", "text-encoder"):
+        group.add_argument(f"--{kind}-precision", default="auto", choices=precisions, help=f"{kind} weights dtype")
+    group.add_argument("--attention-backend", default="torch_sdpa", help="attention implementation")
+    group.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images, long videos")
+    group.add_argument("--vae-slicing", action="store_true", help="decode one sample at a time")
+    group.add_argument("--log-level", default="warning", help="debug, info, warning or error")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `ServerArgs` fields that `add_engine_arguments` set, as `DiffGenerator.from_pretrained` takes them."""
+    return {
+        "device": args.device,
+        "dit_precision": args.dit_precision,
+        "vae_precision": args.vae_precision,
+        "text_encoder_precision": args.text_encoder_precision,
+        "attention_backend": args.attention_backend,
+        "vae_tiling": args.vae_tiling,
+        "vae_slicing": args.vae_slicing,
+        "log_level": args.log_level,
+    }
+
+
+def _lora_spec(text: str) -> tuple[str, float]:
+    """PATH or PATH:STRENGTH; a tail that is not a number stays part of the path (C:\\loras\\x.safetensors)."""
+    path, sep, strength = text.rpartition(":")
+    try:
+        return (path, float(strength)) if sep and path else (text, 1.0)
+    except ValueError:
+        return text, 1.0
+
+
 def _assignment(text: str) -> tuple[str, object]:
     """NAME=VALUE with VALUE read as JSON where it is JSON (numbers, true/false, lists), else as text."""
     name, sep, value = text.partition("=")
@@ -66,18 +103,9 @@ def _assignment(text: str) -> tuple[str, object]:
 def run_generate(args: argparse.Namespace) -> int:
     from easel import DiffGenerator  # imported here so that --help answers without loading torch
 
-    generator = DiffGenerator.from_pretrained(
-        args.model_path,
-        device=args.device,
-        dit_precision=args.dit_precision,
-        vae_precision=args.vae_precision,
-        text_encoder_precision=args.text_encoder_precision,
-        attention_backend=args.attention_backend,
-        vae_tiling=args.vae_tiling,
-        vae_slicing=args.vae_slicing,
-        output_dir=args.output_dir,
-        log_level=args.log_level,
-    )
+    generator = DiffGenerator.from_pretrained(args.model_path, output_dir=args.output_dir, **engine_options(args))
+    for path, strength in args.lora_path:
+        generator.load_lora(path, strength=strength)
     result = generator.generate(
         prompt=args.prompt,
         image=args.image_path,

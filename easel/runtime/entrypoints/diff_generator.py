@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,18 @@ class DiffGenerator:
         logger.info("loaded %s (%s) in %.1f s", model_path, family.name, time.perf_counter() - start)
         return cls(pipeline, family, args, sampling_defaults)
 
-    def generate(self, prompt: str | list[str] | None = None, **sampling_params: Any) -> GenerationResult:
-        """Generates images (or videos) for `prompt`; other keyword arguments are `SamplingParams` fields."""
+    def generate(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        step_callback: Callable[[int, int], None] | None = None,
+        **sampling_params: Any,
+    ) -> GenerationResult:
+        """Generates images (or videos) for `prompt`; other keyword arguments are `SamplingParams` fields.
+        `step_callback(steps done, steps in all)` is called after every denoising step."""
         params = self.sampling_defaults.updated(prompt=prompt, **sampling_params)
         batch = Req.from_sampling_params(params)
+        batch.step_callback = step_callback
         paths: list[Path] = []
         if params.output_path is not None:  # checked before any work, so a bad path costs nothing
             if params.output_type == "latent":
@@ -84,3 +93,34 @@ class DiffGenerator:
         if batch.output.dim() == 5:
             return GenerationResult([], timings, paths, frames=outputs)
         return GenerationResult(outputs, timings, paths)
+
+    # --- LoRA adapters (easel/runtime/pipelines_core/lora_pipeline.py) -----------------------------------------
+    def load_lora(
+        self, path: str | Path, name: str | None = None, strength: float = 1.0, target: str | list[str] = "transformer"
+    ) -> dict[str, Any]:
+        """Loads a LoRA file (Diffusers/PEFT or kohya/ComfyUI) and activates it; returns its `list_loras` entry.
+
+        `target`: "transformer", "transformer_2" (Wan2.2's low-noise expert) or "both".
+        """
+        loaded = self.pipeline.load_lora(path, name=name, strength=strength, target=target)
+        return next(entry for entry in self.list_loras() if entry["name"] == loaded.name)
+
+    def set_lora(self, adapters: str | list[str] | dict[str, float] | None, strengths: Any = None) -> None:
+        """Chooses the active adapters: a name, names, or {name: strength}; None turns them all off."""
+        self.pipeline.set_lora(adapters, strengths)
+
+    def merge_lora(self) -> None:
+        """Writes the active adapters into the weights (no per-step cost); `set_lora` then re-merges."""
+        self.pipeline.merge_lora()
+
+    def unmerge_lora(self) -> None:
+        """Restores the original weights bit for bit; adapters apply at run time again."""
+        self.pipeline.unmerge_lora()
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Removes adapter `name`, or all of them."""
+        self.pipeline.unload_lora(name)
+
+    def list_loras(self) -> list[dict[str, Any]]:
+        """The loaded adapters, with their strengths, targets and any keys of their files that matched nothing."""
+        return self.pipeline.list_loras()
