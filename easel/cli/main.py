@@ -6,6 +6,7 @@ import os
 import sys
 
 from easel.cli.generate import add_generate_parser
+from easel.cli.serve import add_serve_parser
 from easel.errors import EaselError
 
 
@@ -13,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="easel", description="Easel: diffusion inference and serving.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(commands)
+    add_serve_parser(commands)
     return parser
 
 

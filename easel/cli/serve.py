@@ -1,0 +1,48 @@
+"""`easel serve`: an OpenAI-compatible HTTP server over one model, which runs in a worker process."""
+
+import argparse
+
+from easel.cli.generate import add_engine_arguments, engine_options
+
+
+def add_serve_parser(commands) -> None:
+    parser = commands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", description=__doc__)
+    parser.set_defaults(run=run_serve)
+    add_engine_arguments(parser.add_argument_group("model and engine"))
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    server.add_argument("--port", type=int, default=30000, help="port to listen on (0: any free one)")
+    server.add_argument("--served-model-name", help="the model's name in the API (default: the model folder's name)")
+    server.add_argument(
+        "--max-queued-requests",
+        type=_non_negative,
+        default=32,
+        help="requests that may wait while one runs; more are answered 429 (default: 32)",
+    )
+    server.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every /v1 route")
+    server.add_argument("--max-upload-mb", type=float, default=20, help="largest upload taken, in MB (default: 20)")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    # Imported here so that --help answers without loading FastAPI.
+    from easel.runtime.entrypoints.openai.api_server import run_server
+    from easel.runtime.entrypoints.openai.state import ServeSettings
+
+    settings = ServeSettings(
+        model_path=args.model_path,
+        engine_options=engine_options(args),
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        max_queued_requests=args.max_queued_requests,
+        api_key=args.api_key,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+    )
+    return run_server(settings)

@@ -1,0 +1,87 @@
+"""What the routes share: the server's settings, the engine client, stored outputs, video jobs and metrics."""
+
+import dataclasses
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+
+from easel.runtime.entrypoints.openai.engine_client import EngineClient
+from easel.runtime.entrypoints.openai.metrics import ServerMetrics
+from easel.runtime.entrypoints.openai.protocol import APIError
+from easel.runtime.entrypoints.openai.storage import OutputStore
+from easel.runtime.entrypoints.openai.video_jobs import VideoJobs
+from easel.runtime.entrypoints.openai.worker import ModelInfo
+
+
+@dataclasses.dataclass
+class ServeSettings:
+    """How `easel serve` was asked to run."""
+
+    model_path: str
+    engine_options: dict[str, Any]  # `DiffGenerator.from_pretrained` keyword arguments
+    host: str = "127.0.0.1"
+    port: int = 30000
+    served_model_name: str | None = None
+    max_queued_requests: int = 32
+    api_key: str | None = None
+    max_upload_bytes: int = 20 * 2**20
+
+    @property
+    def model_name(self) -> str:
+        """The name the API knows the model by: --served-model-name, else the model folder's name."""
+        return self.served_model_name or Path(self.model_path.rstrip("/")).name
+
+
+class ServerState:
+    """One per app; routes reach it through `get_state`."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.created = int(time.time())
+        self.metrics = ServerMetrics()
+        self.engine = EngineClient(
+            settings.model_path, settings.engine_options, settings.max_queued_requests, self.metrics
+        )
+        self.store = OutputStore()
+        self.videos = VideoJobs()
+
+    def check_model(self, name: str | None) -> None:
+        """A request's `model` may be left out or name the served model."""
+        if name is not None and name != self.settings.model_name:
+            raise APIError(
+                404,
+                f"model {name!r} is not served here; this server serves {self.settings.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    def require(self, route: str) -> ModelInfo:
+        """The loaded model's info, if it answers `route`; else a 400 saying what it does."""
+        info = self.engine.info
+        if info is None:
+            raise APIError(503, "the model is still loading: retry shortly", "server_error", code="unavailable")
+        if route not in info.routes():
+            raise APIError(
+                400,
+                f"{self.settings.model_name} is a {info.task} model ({info.family}): it answers "
+                f"{' and '.join(info.routes())}, not {route}",
+                code="unsupported_task",
+            )
+        return info
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def check_api_key(request: Request) -> None:
+    """With --api-key, every /v1 route needs `Authorization: Bearer KEY`."""
+    key = get_state(request).settings.api_key
+    if key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
+        raise APIError(401, "this server needs an API key: send Authorization: Bearer KEY", code="invalid_api_key")
