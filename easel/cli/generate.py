@@ -10,14 +10,7 @@ def add_generate_parser(commands) -> None:
     parser.set_defaults(run=run_generate)
     model = parser.add_argument_group("model and engine")
     add_engine_arguments(model)
-    model.add_argument(
-        "--lora-path",
-        action="append",
-        default=[],
-        metavar="PATH[:STRENGTH]",
-        type=_lora_spec,
-        help="a LoRA file (Diffusers/PEFT or kohya/ComfyUI safetensors) applied at STRENGTH (default 1; repeatable)",
-    )
+    add_lora_path_argument(model)
 
     request = parser.add_argument_group("request (unset values take the model's defaults)")
     request.add_argument("--prompt", required=True, help="what to draw")
@@ -64,6 +57,18 @@ def add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images, long videos")
     group.add_argument("--vae-slicing", action="store_true", help="decode one sample at a time")
     group.add_argument("--log-level", default="warning", help="debug, info, warning or error")
+
+
+def add_lora_path_argument(group: argparse._ArgumentGroup) -> None:
+    """--lora-path (`easel generate` and `easel serve` share it): args.lora_path is a list of (path, strength)."""
+    group.add_argument(
+        "--lora-path",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        type=_lora_spec,
+        help="a LoRA file (Diffusers/PEFT or kohya/ComfyUI safetensors) applied at STRENGTH (default 1; repeatable)",
+    )
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:

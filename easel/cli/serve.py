@@ -1,14 +1,25 @@
 """`easel serve`: an OpenAI-compatible HTTP server over one model, which runs in a worker process."""
 
 import argparse
+from pathlib import Path
 
-from easel.cli.generate import add_engine_arguments, engine_options
+from easel.cli.generate import add_engine_arguments, add_lora_path_argument, engine_options
+from easel.errors import InvalidInputError
 
 
 def add_serve_parser(commands) -> None:
     parser = commands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", description=__doc__)
     parser.set_defaults(run=run_serve)
-    add_engine_arguments(parser.add_argument_group("model and engine"))
+    model = parser.add_argument_group("model and engine")
+    add_engine_arguments(model)
+    add_lora_path_argument(model)
+    model.add_argument(
+        "--lora-dir",
+        type=Path,
+        metavar="DIR",
+        help="the folder /v1/set_lora may load LoRA files from (paths relative to it; nothing outside it); "
+        "without it, LoRA files are loaded from --lora-path only",
+    )
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     server.add_argument("--port", type=int, default=30000, help="port to listen on (0: any free one)")
@@ -35,6 +46,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from easel.runtime.entrypoints.openai.api_server import run_server
     from easel.runtime.entrypoints.openai.state import ServeSettings
 
+    if args.lora_dir is not None and not args.lora_dir.is_dir():
+        raise InvalidInputError(f"--lora-dir {args.lora_dir} is not a folder")
+
     settings = ServeSettings(
         model_path=args.model_path,
         engine_options=engine_options(args),
@@ -44,5 +58,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_queued_requests=args.max_queued_requests,
         api_key=args.api_key,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
+        # Resolved once here: the worker confines requested paths to this folder, and the answers show them in it.
+        lora_dir=args.lora_dir.resolve() if args.lora_dir is not None else None,
+        lora_paths=[(Path(path).resolve(), strength) for path, strength in args.lora_path],
     )
     return run_server(settings)

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from easel.runtime.entrypoints.openai import images, videos
+from easel.runtime.entrypoints.openai import images, loras, videos
 from easel.runtime.entrypoints.openai.protocol import APIError, ModelCard, ModelList, validation_error
 from easel.runtime.entrypoints.openai.state import ServerState, ServeSettings, check_api_key, get_state
 
@@ -44,7 +44,12 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_api_route("/metrics", metrics, methods=["GET"])
     models = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
     models.add_api_route("/models", list_models, methods=["GET"])
-    for router in (models, images.router, videos.router):  # each with its prefix: metrics name routes in full
+    for router in (
+        models,
+        images.router,
+        videos.router,
+        loras.router,
+    ):  # each with its prefix: metrics name routes in full
         app.include_router(router)
     return app
 

@@ -1,5 +1,6 @@
 """The front end's side of the worker process: a bounded queue of admitted requests, one job at a time to the
-worker, a future per request, and a restart when the worker dies (failing the requests it held, so none hangs).
+worker, a future per request, and a restart when the worker dies (failing the requests it held, so none hangs, and
+loading the LoRA adapters it had into the new one).
 
 Every method runs on the event loop's thread, except `_read_results`, which runs in one thread per worker and
 hands what it reads to the loop.
@@ -22,6 +23,8 @@ from easel.runtime.entrypoints.openai.worker import (
     Done,
     Failed,
     LoadFailed,
+    LoRAJob,
+    LoRAsDone,
     ModelInfo,
     Progress,
     Ready,
@@ -47,7 +50,7 @@ class WorkerState(enum.Enum):
 class Job:
     """An admitted request: what the worker runs, the future its handler awaits, and who hears of its progress."""
 
-    spec: WorkerJob
+    spec: WorkerJob | LoRAJob
     future: asyncio.Future
     on_progress: Callable[[float], None] | None
     admitted_at: float = dataclasses.field(default_factory=time.perf_counter)
@@ -57,12 +60,12 @@ class Job:
 class _Worker:
     """One worker process and the two pipes to it."""
 
-    def __init__(self, context, model_path: str, engine_options: dict[str, Any]):
+    def __init__(self, context, model_path: str, engine_options: dict[str, Any], loras: list[dict[str, Any]]):
         jobs_reader, self.jobs = context.Pipe(duplex=False)
         self.results, results_writer = context.Pipe(duplex=False)
         self.process = context.Process(
             target=run_worker,
-            args=(model_path, engine_options, jobs_reader, results_writer),
+            args=(model_path, engine_options, loras, jobs_reader, results_writer),
             name="easel-worker",
             daemon=True,
         )
@@ -79,9 +82,18 @@ class _Worker:
 class EngineClient:
     """Admits requests up to a bound, runs them one at a time in the worker, and restarts the worker if it dies."""
 
-    def __init__(self, model_path: str, engine_options: dict[str, Any], max_queued: int, metrics: ServerMetrics):
+    def __init__(
+        self,
+        model_path: str,
+        engine_options: dict[str, Any],
+        max_queued: int,
+        metrics: ServerMetrics,
+        loras: list[dict[str, Any]] | None = None,
+    ):
         self.model_path, self.engine_options, self.max_queued = model_path, engine_options, max_queued
         self.metrics = metrics
+        # The LoRA adapters as the worker last reported them (`list_loras()`): what a restarted worker loads again.
+        self.loras: list[dict[str, Any]] = loras or []
         self.state = WorkerState.STARTING
         self.info: ModelInfo | None = None
         self.restarts = 0
@@ -118,10 +130,10 @@ class EngineClient:
             **({"error": self.failure} if self.failure else {}),
         }
 
-    def submit(self, spec: WorkerJob, on_progress: Callable[[float], None] | None = None) -> asyncio.Future:
+    def submit(self, spec: WorkerJob | LoRAJob, on_progress: Callable[[float], None] | None = None) -> asyncio.Future:
         """Admits a job (or raises 503 while the worker is not ready, 429 when the queue is full); the future gives
-        its `Done`, or raises the APIError it failed with. `on_progress` hears 0 when it starts, then each step's
-        fraction of the denoising."""
+        its `Done` (`LoRAsDone` for a LoRA job), or raises the APIError it failed with. `on_progress` hears 0 when
+        it starts, then each step's fraction of the denoising."""
         if not self.ready:
             raise APIError(503, f"the worker is {self.state.value}: retry shortly", "server_error", code="unavailable")
         if self._running is not None and len(self._waiting) >= self.max_queued:
@@ -159,7 +171,7 @@ class EngineClient:
 
     # --- the worker's life ----------------------------------------------------------------------------------
     def _spawn(self) -> None:
-        self._worker = worker = _Worker(self._context, self.model_path, self.engine_options)
+        self._worker = worker = _Worker(self._context, self.model_path, self.engine_options, self.loras)
         self._reader = threading.Thread(target=self._read_results, args=(worker,), name="easel-results", daemon=True)
         self._reader.start()
 
@@ -178,8 +190,8 @@ class EngineClient:
         if worker is not self._worker or self.state is WorkerState.STOPPED:
             return
         match message:
-            case Ready(info):
-                self.info, self.state = info, WorkerState.READY
+            case Ready(info, loras):
+                self.info, self.loras, self.state = info, loras, WorkerState.READY
                 self._dispatch()
             case LoadFailed(error):
                 self._fail_loading(f"the model could not be loaded: {error}")
@@ -187,7 +199,7 @@ class EngineClient:
                 job = self._running
                 if job is not None and job.spec.id == job_id and job.on_progress is not None:
                     job.on_progress(step / total)
-            case Done() | Failed():
+            case Done() | LoRAsDone() | Failed():
                 self._finish(message)
 
     def _on_exit(self, worker: _Worker) -> None:
@@ -225,18 +237,21 @@ class EngineClient:
         except OSError:
             pass  # the worker is dying: `_on_exit` fails this job
 
-    def _finish(self, message: Done | Failed) -> None:
+    def _finish(self, message: Done | LoRAsDone | Failed) -> None:
         job = self._running
         if job is None or job.spec.id != message.job_id:
             return
         self._running = None
-        if isinstance(message, Done):
-            self.metrics.observe_generation(job.started_at - job.admitted_at, message.timings)
-            if not job.future.done():
-                job.future.set_result(message)
-        else:
+        if isinstance(message, Failed):
             error_type = "invalid_request_error" if message.status < 500 else "server_error"
             self._reject(job, APIError(message.status, message.message, error_type))
+        else:
+            if isinstance(message, LoRAsDone):
+                self.loras = message.loras
+            else:
+                self.metrics.observe_generation(job.started_at - job.admitted_at, message.timings)
+            if not job.future.done():
+                job.future.set_result(message)
         self._dispatch()
 
     def _fail_held(self, error: APIError) -> None:

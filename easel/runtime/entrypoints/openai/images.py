@@ -54,9 +54,10 @@ async def image_content(image_id: str, request: Request) -> FileResponse:
 
 
 async def _generate(state: ServerState, request: Request, body: ImageRequest, images: list[bytes]) -> ImagesResponse:
+    state.check_loras(body.lora_names())
     width, height = parse_size(body.size)
     params = {**body.sampling_params(), "width": width, "height": height, "num_outputs_per_prompt": body.n}
-    job = WorkerJob(f"img_{uuid.uuid4().hex}", params, images, image_format=body.output_format)
+    job = WorkerJob(f"img_{uuid.uuid4().hex}", params, images, image_format=body.output_format, lora=body.lora)
     done = await state.engine.submit(job)
     if body.response_format == "b64_json":
         data = [ImageData(b64_json=base64.b64encode(image).decode()) for image in done.images]

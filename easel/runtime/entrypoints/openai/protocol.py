@@ -1,15 +1,21 @@
 """The bodies of OpenAI's image, video and model APIs as Easel serves them, and the error shape of every failure."""
 
+import json
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_IMAGES_PER_REQUEST = 10  # OpenAI's bound on `n`
 MAX_INFERENCE_STEPS = 1000  # Easel's input validation allows as many
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 SIZE_PATTERN = r"^(auto|[1-9][0-9]*x[1-9][0-9]*)$"
+
+LoRAName = Annotated[str, Field(min_length=1)]
+Strength = Annotated[float, Field(allow_inf_nan=False)]
+# A choice among loaded adapters: a name, a list of names (each at strength 1), or {name: strength}.
+LoRAChoice = LoRAName | list[LoRAName] | dict[LoRAName, Strength]
 
 
 class APIError(Exception):
@@ -77,10 +83,26 @@ class GenerationOptions(StrictModel):
     guidance_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
     true_cfg_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    lora: LoRAChoice | None = Field(None, description="loaded LoRA adapters for this request only")
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_from_form(cls, value: Any) -> Any:
+        """A multipart form sends `lora` as text: a list or an object arrives as its JSON."""
+        if isinstance(value, str) and value.startswith(("[", "{")):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"lora is not valid JSON ({error})") from None
+        return value
 
     def sampling_params(self) -> dict[str, Any]:
         """`DiffGenerator.generate` keyword arguments; None keeps the model's default."""
-        return self.model_dump(include=set(GenerationOptions.model_fields) - {"model"})
+        return self.model_dump(include=set(GenerationOptions.model_fields) - {"model", "lora"})
+
+    def lora_names(self) -> list[str]:
+        """The adapters `lora` names."""
+        return [self.lora] if isinstance(self.lora, str) else list(self.lora or [])
 
 
 class ImageRequest(GenerationOptions):
@@ -105,6 +127,48 @@ class VideoRequest(GenerationOptions):
         if self.seconds is not None and self.num_frames is not None:
             raise ValueError("give seconds or num_frames, not both")
         return self
+
+
+class SetLoRARequest(StrictModel):
+    """POST /v1/set_lora, as SGLang Diffusion names its fields: the adapters to activate (loading those given a
+    `lora_path`), each with a strength and (when loaded) the DiT(s) it goes into; one value is shared by all."""
+
+    lora_nickname: LoRAName | list[LoRAName]
+    lora_path: str | None | list[str | None] = None
+    strength: Strength | list[Strength] = 1.0
+    target: str | list[str] = "transformer"
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> "SetLoRARequest":
+        names = self.names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"lora_nickname names an adapter twice: {names}")
+        for field in ("lora_path", "strength", "target"):
+            value = getattr(self, field)
+            if isinstance(value, list) and len(value) != len(names):
+                raise ValueError(f"{field} has {len(value)} values for {len(names)} lora_nickname(s)")
+        return self
+
+    def names(self) -> list[str]:
+        return [self.lora_nickname] if isinstance(self.lora_nickname, str) else self.lora_nickname
+
+    def adapters(self) -> list[tuple[str, str | None, float, str]]:
+        """(name, lora_path, strength, target) per named adapter, a shared value repeated."""
+        count = len(self.names())
+
+        def each(value: Any) -> list[Any]:
+            return value if isinstance(value, list) else [value] * count
+
+        return list(zip(self.names(), each(self.lora_path), each(self.strength), each(self.target), strict=True))
+
+
+class LoRAList(BaseModel):
+    """The answer of every LoRA route: each loaded adapter, the server-wide selection, and merged or not."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]  # `DiffGenerator.list_loras` entries
+    active: dict[str, float]
+    merged: bool
 
 
 class ImageData(BaseModel):

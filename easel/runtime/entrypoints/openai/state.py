@@ -28,6 +28,8 @@ class ServeSettings:
     max_queued_requests: int = 32
     api_key: str | None = None
     max_upload_bytes: int = 20 * 2**20
+    lora_dir: Path | None = None  # the only folder /v1/set_lora reads LoRA files from; None: it loads none
+    lora_paths: list[tuple[Path, float]] = dataclasses.field(default_factory=list)  # --lora-path: (file, strength)
 
     @property
     def model_name(self) -> str:
@@ -42,8 +44,20 @@ class ServerState:
         self.settings = settings
         self.created = int(time.time())
         self.metrics = ServerMetrics()
+        # The adapters of --lora-path, described as `list_loras()` does: the worker loads what it describes.
+        loras = [
+            {
+                "name": path.stem,
+                "path": str(path),
+                "targets": ["transformer"],
+                "active": True,
+                "strength": strength,
+                "merged": False,
+            }
+            for path, strength in settings.lora_paths
+        ]
         self.engine = EngineClient(
-            settings.model_path, settings.engine_options, settings.max_queued_requests, self.metrics
+            settings.model_path, settings.engine_options, settings.max_queued_requests, self.metrics, loras
         )
         self.store = OutputStore()
         self.videos = VideoJobs()
@@ -71,6 +85,17 @@ class ServerState:
                 code="unsupported_task",
             )
         return info
+
+    def check_loras(self, names: list[str]) -> None:
+        """A request's `lora` may name loaded adapters only."""
+        loaded = [lora["name"] for lora in self.engine.loras]
+        if unknown := [name for name in names if name not in loaded]:
+            raise APIError(
+                400,
+                f"no LoRA adapter named {unknown}; loaded: {loaded} (load one with /v1/set_lora)",
+                param="lora",
+                code="lora_not_found",
+            )
 
 
 def get_state(request: Request) -> ServerState:

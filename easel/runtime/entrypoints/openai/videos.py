@@ -31,6 +31,7 @@ async def create_video(request: Request) -> VideoObject:
     fields, files = await read_form(request, state.settings.max_upload_bytes)
     body = parse_form(VideoRequest, fields)
     state.check_model(body.model)
+    state.check_loras(body.lora_names())
     if unknown := sorted(files.keys() - {"input_reference"}):
         raise APIError(
             400, f"unknown file field(s) {unknown}: this route takes an input_reference image", param=unknown[0]
@@ -46,7 +47,7 @@ async def create_video(request: Request) -> VideoObject:
         video_id, state.settings.model_name, body.prompt, size, num_frames, fps, state.store.video_path(video_id)
     )
     params = {**body.sampling_params(), "width": width, "height": height, "num_frames": num_frames, "fps": fps}
-    spec = WorkerJob(video_id, params, images, video_path=str(job.path))
+    spec = WorkerJob(video_id, params, images, video_path=str(job.path), lora=body.lora)
     state.engine.submit(spec, on_progress=job.on_progress).add_done_callback(job.finish)
     state.videos.add(job)
     return job.to_object()

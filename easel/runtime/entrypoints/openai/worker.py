@@ -4,13 +4,15 @@ It talks to the front end over two pipes, with the messages defined here; it imp
 only once started, so that the front end that imports this module stays light.
 """
 
+import contextlib
 import dataclasses
 import io
 import logging
 import os
 import signal
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from easel.errors import EaselError, InvalidInputError
 
@@ -52,12 +54,43 @@ class WorkerJob:
     images: list[bytes]  # input images, as uploaded
     image_format: str = "png"  # how generated images are encoded
     video_path: str | None = None  # where a video model writes its MP4
+    lora: str | list[str] | dict[str, float] | None = None  # adapters for this job only (`set_lora`'s argument)
+
+
+@dataclasses.dataclass
+class LoRASpec:
+    """One adapter of a "set" LoRA job: loaded from `path` (inside the job's `lora_dir`) unless loaded already."""
+
+    name: str
+    path: str | None
+    strength: float
+    target: str
+
+
+@dataclasses.dataclass
+class LoRAJob:
+    """A change of the server-wide LoRA adapters, run between generations like any job: "set" loads what is missing
+    and activates `adapters` (only those), "merge" and "unmerge" write the active ones into the weights or back."""
+
+    id: str
+    op: Literal["set", "merge", "unmerge"]
+    adapters: list[LoRASpec] = dataclasses.field(default_factory=list)
+    lora_dir: str | None = None
 
 
 # Messages from the worker to the front end.
 @dataclasses.dataclass
 class Ready:
     info: ModelInfo
+    loras: list[dict[str, Any]]  # `list_loras()` once the adapters it was given are loaded
+
+
+@dataclasses.dataclass
+class LoRAsDone:
+    """A LoRA job done: the adapters as they are now (`list_loras()`)."""
+
+    job_id: str
+    loras: list[dict[str, Any]]
 
 
 @dataclasses.dataclass
@@ -91,8 +124,15 @@ class Failed:
     message: str
 
 
-def run_worker(model_path: str, engine_options: dict[str, Any], jobs: Connection, results: Connection) -> None:
-    """The worker process's main: load, say Ready (or LoadFailed), then serve jobs until told to stop (None)."""
+def run_worker(
+    model_path: str,
+    engine_options: dict[str, Any],
+    loras: list[dict[str, Any]],
+    jobs: Connection,
+    results: Connection,
+) -> None:
+    """The worker process's main: load the model and the adapters `loras` (a `list_loras()` answer) describes, say
+    Ready (or LoadFailed), then serve jobs until told to stop (None)."""
     # Ctrl-C (or a kill of the process group) reaches the worker too; the front end decides when it stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -101,10 +141,11 @@ def run_worker(model_path: str, engine_options: dict[str, Any], jobs: Connection
 
     try:
         generator = DiffGenerator.from_pretrained(model_path, progress_bar=False, **engine_options)
+        _restore_loras(generator, loras)
     except Exception as error:
         results.send(LoadFailed(str(error) if isinstance(error, EaselError) else f"{type(error).__name__}: {error}"))
         return
-    results.send(Ready(_model_info(generator)))
+    results.send(Ready(_model_info(generator), generator.list_loras()))
     while True:
         try:
             job = jobs.recv()
@@ -112,7 +153,17 @@ def run_worker(model_path: str, engine_options: dict[str, Any], jobs: Connection
             return
         if job is None:
             return
-        results.send(_run(generator, job, results))
+        results.send(_run(generator, job, results) if isinstance(job, WorkerJob) else _run_lora(generator, job))
+
+
+def _restore_loras(generator, loras: list[dict[str, Any]]) -> None:
+    """Loads the adapters of a `list_loras()` answer as they were: those of --lora-path, or after a restart those
+    the dead worker had."""
+    for lora in loras:
+        generator.load_lora(lora["path"], name=lora["name"], target=lora["targets"])
+    generator.set_lora({lora["name"]: lora["strength"] for lora in loras if lora["active"]})
+    if any(lora["merged"] for lora in loras):
+        generator.merge_lora()
 
 
 def _model_info(generator) -> ModelInfo:
@@ -133,6 +184,47 @@ def _model_info(generator) -> ModelInfo:
     )
 
 
+def _run_lora(generator, job: LoRAJob) -> LoRAsDone | Failed:
+    try:
+        if job.op == "set":
+            _set_loras(generator, job.adapters, job.lora_dir)
+        elif not generator.list_loras():
+            raise InvalidInputError("no LoRA is loaded: load one with /v1/set_lora first")
+        elif job.op == "merge":
+            generator.merge_lora()
+        else:
+            generator.unmerge_lora()
+        return LoRAsDone(job.id, generator.list_loras())
+    except Exception as error:
+        return _failed(job.id, error)
+
+
+def _set_loras(generator, adapters: list[LoRASpec], lora_dir: str | None) -> None:
+    """Loads the adapters not loaded yet, then makes `adapters` the active set; on an error the active set stays."""
+    from easel.runtime.loader.lora_loader import resolve_lora_path
+
+    loaded = {lora["name"]: lora for lora in generator.list_loras()}
+    previous = _active(generator)
+    try:
+        for adapter in adapters:
+            if adapter.path is None:
+                continue  # set_lora below names it if it is not loaded
+            path = resolve_lora_path(lora_dir, adapter.path)
+            if adapter.name in loaded:
+                if Path(loaded[adapter.name]["path"]) != path:
+                    raise InvalidInputError(
+                        f"a LoRA named {adapter.name!r} is already loaded from another file: choose another name"
+                    )
+                continue
+            if not path.is_file():
+                raise InvalidInputError(f"no LoRA file {adapter.path!r} in the LoRA directory")
+            generator.load_lora(path, name=adapter.name, target=adapter.target)
+        generator.set_lora({adapter.name: adapter.strength for adapter in adapters})
+    except Exception:
+        generator.set_lora(previous)  # a load activates its adapter: undo that
+        raise
+
+
 def _run(generator, job: WorkerJob, results: Connection) -> Done | Failed:
     from PIL import Image
 
@@ -145,19 +237,44 @@ def _run(generator, job: WorkerJob, results: Connection) -> Done | Failed:
 
     try:
         images = [Image.open(io.BytesIO(data)) for data in job.images]
-        result = generator.generate(
-            step_callback=on_step, image=images or None, output_path=job.video_path, **job.params
-        )
+        with _lora_choice(generator, job.lora):
+            result = generator.generate(
+                step_callback=on_step, image=images or None, output_path=job.video_path, **job.params
+            )
         if result.frames:
             frames = result.frames[0]
             return Done(job.id, [], *frames[0].size, len(frames), result.timings)
         encoded = [_encode(image, job.image_format) for image in result.images]
         return Done(job.id, encoded, *result.images[0].size, 1, result.timings)
     except Exception as error:
-        if isinstance(error, EaselError):
-            return Failed(job.id, 400, str(error))
-        logger.exception("job %s failed", job.id)
-        return Failed(job.id, 500, f"{type(error).__name__}: {error}")
+        return _failed(job.id, error)
+
+
+@contextlib.contextmanager
+def _lora_choice(generator, lora: str | list[str] | dict[str, float] | None):
+    """Applies a job's `lora` choice while it runs, then the server-wide one again: no request leaks adapters into
+    the next. Unmerged, switching costs nothing; merged, it re-merges twice."""
+    if lora is None:
+        yield
+        return
+    server_wide = _active(generator)
+    generator.set_lora(lora)
+    try:
+        yield
+    finally:
+        generator.set_lora(server_wide)
+
+
+def _active(generator) -> dict[str, float]:
+    """The active adapters and their strengths, as `set_lora` takes them back."""
+    return {lora["name"]: lora["strength"] for lora in generator.list_loras() if lora["active"]}
+
+
+def _failed(job_id: str, error: Exception) -> Failed:
+    if isinstance(error, EaselError):
+        return Failed(job_id, 400, str(error))
+    logger.exception("job %s failed", job_id)
+    return Failed(job_id, 500, f"{type(error).__name__}: {error}")
 
 
 def _encode(image, image_format: str) -> bytes:
