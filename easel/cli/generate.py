@@ -48,7 +48,9 @@ def add_generate_parser(commands) -> None:
 
 def add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     """The options that load a model (`easel generate` and `easel serve` share them)."""
-    group.add_argument("--model-path", required=True, help="a Diffusers-format folder or a Hugging Face id")
+    group.add_argument(
+        "--model-path", help="a Diffusers-format folder or a Hugging Face id (default: Easel's built-in demo model)"
+    )
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: a GPU when there is one)")
     precisions = ["auto", "fp32", "bf16", "fp16"]  # ServerArgs.PRECISIONS; spelled out so --help needs no torch
     for kind in ("dit", "vae", "text-encoder"):
@@ -69,6 +71,13 @@ def add_lora_path_argument(group: argparse._ArgumentGroup) -> None:
         type=_lora_spec,
         help="a LoRA file (Diffusers/PEFT or kohya/ComfyUI safetensors) applied at STRENGTH (default 1; repeatable)",
     )
+
+
+def model_path(args: argparse.Namespace) -> str:
+    """--model-path, or the built-in demo model (a tiny FLUX.1 trained on shapes) when it is not given."""
+    from easel.demo import DEMO_MODEL_PATH  # imported here so that --help stays quick
+
+    return args.model_path or str(DEMO_MODEL_PATH)
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +117,7 @@ def _assignment(text: str) -> tuple[str, object]:
 def run_generate(args: argparse.Namespace) -> int:
     from easel import DiffGenerator  # imported here so that --help answers without loading torch
 
-    generator = DiffGenerator.from_pretrained(args.model_path, output_dir=args.output_dir, **engine_options(args))
+    generator = DiffGenerator.from_pretrained(model_path(args), output_dir=args.output_dir, **engine_options(args))
     for path, strength in args.lora_path:
         generator.load_lora(path, strength=strength)
     result = generator.generate(

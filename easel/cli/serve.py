@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from easel.cli.generate import add_engine_arguments, add_lora_path_argument, engine_options
+from easel.cli.generate import add_engine_arguments, add_lora_path_argument, engine_options, model_path
 from easel.errors import InvalidInputError
 
 
@@ -50,7 +50,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--lora-dir {args.lora_dir} is not a folder")
 
     settings = ServeSettings(
-        model_path=args.model_path,
+        model_path=model_path(args),
         engine_options=engine_options(args),
         host=args.host,
         port=args.port,

@@ -89,9 +89,12 @@ def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, .
     return tuple(merged)
 
 
-def build_clip_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer in the real layout: bytes, bytes + `</w>`, one token per merge, then the two specials."""
-    merges = _learn_bpe_merges(ENGLISH_WORD_COUNTS, CLIP_MAX_MERGES)
+def build_clip_tokenizer(word_counts: dict[str, int] | None = None) -> CLIPTokenizer:
+    """A CLIP tokenizer in the real layout: bytes, bytes + `</w>`, one token per merge, then the two specials.
+
+    `word_counts` replaces `ENGLISH_WORD_COUNTS` as the words whose merges are learned.
+    """
+    merges = _learn_bpe_merges(word_counts or ENGLISH_WORD_COUNTS, CLIP_MAX_MERGES)
     tokens = [*_byte_symbols(), *(symbol + "</w>" for symbol in _byte_symbols())]
     tokens += [left + right for left, right in merges]
     tokens += [CLIP_BOS_TOKEN, CLIP_EOS_TOKEN]
@@ -103,10 +106,10 @@ def build_clip_tokenizer() -> CLIPTokenizer:
     )
 
 
-def _t5_pieces() -> list[tuple[str, float]]:
+def _t5_pieces(word_counts: dict[str, int]) -> list[tuple[str, float]]:
     """Unigram pieces with log-probability scores: whole words from the word list, then every ASCII character."""
-    total = sum(ENGLISH_WORD_COUNTS.values())
-    word_pieces = {T5_WORD_BOUNDARY + word: math.log(count / total) for word, count in ENGLISH_WORD_COUNTS.items()}
+    total = sum(word_counts.values())
+    word_pieces = {T5_WORD_BOUNDARY + word: math.log(count / total) for word, count in word_counts.items()}
     # "▁" alone lets an unknown word start with the word marker and continue in single characters.
     character_pieces = {
         character: T5_CHARACTER_SCORE
@@ -117,10 +120,13 @@ def _t5_pieces() -> list[tuple[str, float]]:
     return sorted(pieces.items(), key=lambda piece: (-piece[1], piece[0]))
 
 
-def build_t5_tokenizer() -> T5Tokenizer:
-    """A T5 tokenizer in T5 layout: `<pad>`=0, `</s>`=1, `<unk>`=2, the pieces, then `<extra_id_99>`..`<extra_id_0>`."""
+def build_t5_tokenizer(word_counts: dict[str, int] | None = None) -> T5Tokenizer:
+    """A T5 tokenizer in T5 layout: `<pad>`=0, `</s>`=1, `<unk>`=2, the pieces, then `<extra_id_99>`..`<extra_id_0>`.
+
+    `word_counts` replaces `ENGLISH_WORD_COUNTS` as the words that are single pieces.
+    """
     extra_ids = [(f"<extra_id_{index}>", 0.0) for index in reversed(range(T5_NUM_EXTRA_IDS))]
-    vocab = [(piece, 0.0) for piece in T5_SPECIAL_PIECES] + _t5_pieces() + extra_ids
+    vocab = [(piece, 0.0) for piece in T5_SPECIAL_PIECES] + _t5_pieces(word_counts or ENGLISH_WORD_COUNTS) + extra_ids
     return T5Tokenizer(vocab=vocab, extra_ids=T5_NUM_EXTRA_IDS, model_max_length=T5_MAX_LENGTH)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from easel.configs.sample.base import SamplingParams
+from easel.demo import DEMO_MODEL_PATH
 from easel.errors import InvalidInputError
 from easel.registry import ModelFamily
 from easel.runtime.loader.pipeline_loader import load_pipeline
@@ -48,8 +49,11 @@ class DiffGenerator:
         self.sampling_defaults = sampling_defaults
 
     @classmethod
-    def from_pretrained(cls, model_path: str, **server_args: Any) -> "DiffGenerator":
-        """Loads a Diffusers-format folder (or a Hugging Face id); keyword arguments are `ServerArgs` fields."""
+    def from_pretrained(cls, model_path: str | Path = DEMO_MODEL_PATH, **server_args: Any) -> "DiffGenerator":
+        """Loads a Diffusers-format folder (or a Hugging Face id); keyword arguments are `ServerArgs` fields.
+
+        Without a path, loads the built-in demo model: a tiny FLUX.1 trained on scenes of simple shapes.
+        """
         known = {field.name for field in dataclasses.fields(ServerArgs)} - {"model_path", "pipeline_config"}
         if unknown := sorted(set(server_args) - known):
             raise InvalidInputError(f"unknown engine option(s) {unknown}; known: {sorted(known)}")
