@@ -1,8 +1,9 @@
 """The judge of the demo's images: which background, and which colour, shape, size and position each shape shows.
 
 Plain image analysis, since the scenes are flat colours: the background is the colour of the border, a shape is the
-pixels of one named colour far from it, its shape is the template (circle, square, triangle) that best fills its
-bounding box, its position the anchor nearest the box's centre and its size the box's side.
+pixels of one named colour far from it, its shape is told by how it fills its bounding box (a triangle's area lies
+low, a square fills the corners a circle leaves), its position is the anchor nearest the box's centre and its size the
+box's side.
 """
 
 import dataclasses
@@ -10,12 +11,11 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from easel.demo.scenes import COLOURS, POSITIONS, SIZES, Scene, Shape, parse_prompt
+from easel.demo.scenes import COLOURS, POSITIONS, SIZES, Scene, Shape, nearest_colour, parse_prompt
 
 ATTRIBUTES = ("colour", "shape", "size", "position", "background")
 
 _COLOUR_NAMES = tuple(COLOURS)
-_PALETTE = np.array([COLOURS[name] for name in _COLOUR_NAMES], dtype=np.float32)
 _BORDER = 2  # pixels of each edge that show only background in every scene
 _FOREGROUND_DISTANCE = 80.0  # RGB distance (0..255 scale) from the background beyond which a pixel is a shape's
 _MIN_SHAPE_FRACTION = 0.01  # a colour covering fewer pixels of the image is stray edge pixels, not a shape
@@ -38,9 +38,9 @@ def judge(image: Image.Image | np.ndarray) -> Verdict:
         + [pixels[:, :_BORDER].reshape(-1, 3), pixels[:, -_BORDER:].reshape(-1, 3)]
     )
     background_rgb = np.median(border, axis=0)
-    background = _COLOUR_NAMES[_nearest_colour(background_rgb[None])[0]]
+    background = _COLOUR_NAMES[nearest_colour(background_rgb[None])[0]]
     foreground = np.linalg.norm(pixels - background_rgb, axis=-1) > _FOREGROUND_DISTANCE
-    labels = _nearest_colour(pixels.reshape(-1, 3)).reshape(pixels.shape[:2])
+    labels = nearest_colour(pixels.reshape(-1, 3)).reshape(pixels.shape[:2])
     shapes = []
     for index, name in enumerate(_COLOUR_NAMES):
         mask = _without_stray_pixels(foreground & (labels == index))
@@ -80,11 +80,6 @@ def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return array.astype(np.float32) * (255.0 if array.dtype.kind == "f" else 1.0)
 
 
-def _nearest_colour(rgb: np.ndarray) -> np.ndarray:
-    """Index into `_COLOUR_NAMES` of the named colour nearest each (N, 3) RGB value."""
-    return np.argmin(np.linalg.norm(rgb[:, None, :] - _PALETTE[None], axis=-1), axis=1)
-
-
 def _without_stray_pixels(mask: np.ndarray) -> np.ndarray:
     """Keeps the pixels with at least 4 of their 8 neighbours in the mask: anti-aliased edges between two other
     colours can look like a thin line of a third one, which this removes."""
@@ -106,13 +101,18 @@ def _describe(colour: str, mask: np.ndarray) -> Shape:
     centre = np.array([(left + right) / 2 / width, (top + bottom) / 2 / height])
     position = min(POSITIONS, key=lambda name: np.linalg.norm(centre - np.array(POSITIONS[name])))
     size = "small" if max(bottom - top, right - left) < _SIZE_THRESHOLD else "large"
-    crop = mask[top:bottom, left:right]
-    shape = max(_TEMPLATES, key=lambda name: _iou(crop, _TEMPLATES[name](*crop.shape)))
-    return Shape(colour, shape, size, position)
+    return Shape(colour, _shape_of(mask[top:bottom, left:right]), size, position)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
+def _shape_of(crop: np.ndarray) -> str:
+    """The shape of a mask cropped to its bounding box, from two proportions that blurred edges keep (matching
+    templates pixel by pixel mistakes a slightly blurred small triangle for a circle)."""
+    height, width = crop.shape
+    upper, lower = crop[: height // 2].sum(), crop[height - height // 2 :].sum()
+    if upper < 0.6 * lower:  # an upward triangle holds 1/4 of its area in its upper half; a circle or square, 1/2
+        return "triangle"
+    corners = ~_circle(height, width)  # the box's corners: a square fills them, a circle leaves them empty
+    return "square" if crop[corners].mean() > 0.5 else "circle"
 
 
 def _pixel_centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,16 +125,3 @@ def _pixel_centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 def _circle(height: int, width: int) -> np.ndarray:
     y, x = _pixel_centres(height, width)
     return (y - 0.5) ** 2 + (x - 0.5) ** 2 <= 0.25
-
-
-def _square(height: int, width: int) -> np.ndarray:
-    return np.ones((height, width), dtype=bool)
-
-
-def _triangle(height: int, width: int) -> np.ndarray:
-    """Pointing up, as the scenes draw it: at height y (0 at the apex) it is y wide."""
-    y, x = _pixel_centres(height, width)
-    return np.abs(x - 0.5) <= y / 2
-
-
-_TEMPLATES = {"circle": _circle, "square": _square, "triangle": _triangle}
