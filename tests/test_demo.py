@@ -9,13 +9,14 @@ import sys
 import diffusers
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from easel import DiffGenerator
 from easel.demo import DEMO_MODEL_PATH, judge, score
 from easel.demo import check as check_cli
 from easel.demo.evaluate import accuracy
 from easel.demo.scenes import (
+    HELD_OUT_COLOUR_SHAPES,
     Scene,
     Shape,
     caption,
@@ -25,6 +26,7 @@ from easel.demo.scenes import (
     parse_prompt,
     render,
     sample_training_scene,
+    sample_vae_scene,
     single_shape_scenes,
     training_caption,
 )
@@ -41,6 +43,13 @@ def test_checker_reads_every_clean_one_shape_scene():
     for scene in single_shape_scenes():
         for image in (render(scene), render(scene, rng)):  # as placed, and moved and resized as in training
             assert all(score(judge(image), scene).values()), caption(scene)
+
+
+def test_checker_reads_blurred_scenes():
+    # A generated image's edges are soft: its judge must not depend on crisp ones.
+    for scene in single_shape_scenes()[::3]:
+        blurred = Image.fromarray(render(scene)).filter(ImageFilter.GaussianBlur(1.0))
+        assert all(score(judge(blurred), scene).values()), caption(scene)
 
 
 def test_checker_reads_two_shape_scenes():
@@ -82,6 +91,9 @@ def test_held_out_combinations_never_reach_training():
         scene = sample_training_scene(rng, two_shape_fraction=0.5)
         assert not any(map(is_held_out, scene.shapes))
         assert parse_prompt(training_caption(scene, rng)).shapes[0].colour == scene.shapes[0].colour
+    for _ in range(500):  # nor the VAE's, in random colours: the checker sees no held-out pair in them
+        verdict = judge(render(sample_vae_scene(rng)))
+        assert not {(shape.colour, shape.shape) for shape in verdict.shapes} & HELD_OUT_COLOUR_SHAPES
     held_out = {caption(scene) for scene in held_out_scenes()}
     assert set(evaluation_prompts(held_out=True)) <= held_out
     assert not set(evaluation_prompts(held_out=False)) & held_out
@@ -121,12 +133,12 @@ def demo_generator() -> DiffGenerator:
 
 def test_generations_show_what_the_prompts_ask_for(demo_generator):
     # Seen combinations: the model gets them right often enough that 8 prompts tell a regression from noise
-    # (on 100 such prompts: colour 99%, shape 91%, size 97%, position 100%).
+    # (on 100 such prompts: colour 100%, shape 83%, size 97%, position 100%).
     prompts = evaluation_prompts(held_out=False, count=8)
     result = accuracy(demo_generator, prompts)  # at the folder's defaults, which Easel applies itself
     print(f"demo quality on {len(prompts)} prompts: {result}")
     assert result["colour"] >= 7 / 8 and result["position"] >= 7 / 8 and result["background"] >= 7 / 8
-    assert result["shape"] >= 5 / 8 and result["size"] >= 6 / 8  # measured 6/8 and 7/8; chance: 1/3 and 1/2
+    assert result["shape"] >= 5 / 8 and result["size"] >= 6 / 8  # measured 8/8 and 8/8; chance: 1/3 and 1/2
 
 
 def test_generation_is_not_noise(demo_generator):

@@ -3,6 +3,7 @@
 Everything here is deterministic: a scene renders to the same pixels and a seed draws the same scenes on any machine.
 Some (colour, shape) and (shape, position) pairs are held out: training never sees them, and the held-out evaluation
 prompts are made of them only, so that the quality measure also tells whether the model composes what it learned.
+A colour is one of the named `COLOURS` or, in the VAE's training scenes only, any RGB value written "#rrggbb".
 """
 
 import dataclasses
@@ -26,16 +27,23 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (240, 215, 30),
     "white": (245, 245, 245),
     "black": (15, 15, 15),
+    # Four more, so that each shape is seen in many colours: a shape's look stops depending on its colour.
+    "purple": (140, 40, 190),
+    "cyan": (30, 200, 210),
+    "pink": (245, 130, 200),
+    "gray": (128, 128, 128),
 }
+_PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 SHAPES = ("circle", "square", "triangle")
 # Side of the shape's bounding box, in pixels of the 64x64 image.
-SIZES: dict[str, int] = {"small": 18, "large": 30}
-# Centre of the shape's bounding box, as (x, y) fractions of the image.
+SIZES: dict[str, int] = {"small": 18, "large": 28}
+# Centre of the shape's bounding box, as (x, y) fractions of the image: 16 pixels apart, the side of the patch each
+# DiT token covers (8x VAE, 2x2 packing), so a shape drawn at one place is the same tokens, moved, at another.
 POSITIONS: dict[str, tuple[float, float]] = {
-    "left": (0.28, 0.5),
-    "right": (0.72, 0.5),
-    "top": (0.5, 0.28),
-    "bottom": (0.5, 0.72),
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
     "centre": (0.5, 0.5),
 }
 _POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
@@ -50,6 +58,8 @@ HELD_OUT_SHAPE_POSITIONS = frozenset({("circle", "top"), ("square", "right")})
 # Two shapes share a scene only where they cannot overlap.
 _PAIRED_POSITIONS = (("left", "right"), ("top", "bottom"))
 _JITTER = 2  # pixels by which a training scene may move a shape or change its size
+# RGB distance (0..255 scale) that a random colour keeps from its background and from the other shape's colour.
+_MIN_COLOUR_DISTANCE = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +80,28 @@ class Scene:
     background: str | None = None
 
 
+def nearest_colour(rgb: np.ndarray) -> np.ndarray:
+    """Index into `COLOURS` of the named colour nearest each (N, 3) RGB value."""
+    return np.argmin(np.linalg.norm(rgb[:, None, :] - _PALETTE[None], axis=-1), axis=1)
+
+
+def rgb(colour: str) -> tuple[int, int, int]:
+    """The RGB value of a named colour or of a "#rrggbb" one."""
+    if colour.startswith("#"):
+        return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return COLOURS[colour]
+
+
+def colour_name(colour: str) -> str:
+    """The named colour a colour is seen as: itself, or the nearest to its RGB value."""
+    if colour in COLOURS:
+        return colour
+    return list(COLOURS)[nearest_colour(np.array([rgb(colour)], dtype=np.float32))[0]]
+
+
 def is_held_out(shape: Shape) -> bool:
-    """Whether the shape uses a combination that training never sees."""
-    return (shape.colour, shape.shape) in HELD_OUT_COLOUR_SHAPES or (
+    """Whether the shape uses a combination that training never sees (a random colour counts as its nearest name)."""
+    return (colour_name(shape.colour), shape.shape) in HELD_OUT_COLOUR_SHAPES or (
         shape.shape,
         shape.position,
     ) in HELD_OUT_SHAPE_POSITIONS
@@ -129,7 +158,7 @@ def render(scene: Scene, rng: random.Random | None = None) -> np.ndarray:
     if scene.background is None or any(s.size is None or s.position is None for s in scene.shapes):
         raise InvalidInputError("only a fully specified scene (every size, position and the background) renders")
     scale = _SUPERSAMPLING
-    canvas = Image.new("RGB", (IMAGE_SIZE * scale, IMAGE_SIZE * scale), COLOURS[scene.background])
+    canvas = Image.new("RGB", (IMAGE_SIZE * scale, IMAGE_SIZE * scale), rgb(scene.background))
     draw = ImageDraw.Draw(canvas)
     for shape in scene.shapes:
         dx, dy, dsize = (rng.randint(-_JITTER, _JITTER) for _ in range(3)) if rng else (0, 0, 0)
@@ -137,7 +166,7 @@ def render(scene: Scene, rng: random.Random | None = None) -> np.ndarray:
         half = (SIZES[shape.size] + dsize) * scale / 2
         cx, cy = (fx * IMAGE_SIZE + dx) * scale, (fy * IMAGE_SIZE + dy) * scale
         box = (cx - half, cy - half, cx + half, cy + half)
-        colour = COLOURS[shape.colour]
+        colour = rgb(shape.colour)
         if shape.shape == "circle":
             draw.ellipse(box, fill=colour)
         elif shape.shape == "square":
@@ -158,11 +187,13 @@ def single_shape_scenes() -> tuple[Scene, ...]:
     )
 
 
+@functools.cache
 def training_scenes() -> tuple[Scene, ...]:
     """The one-shape scenes training may use: those of no held-out combination."""
     return tuple(scene for scene in single_shape_scenes() if not is_held_out(scene.shapes[0]))
 
 
+@functools.cache
 def held_out_scenes() -> tuple[Scene, ...]:
     """The one-shape scenes training never sees."""
     return tuple(scene for scene in single_shape_scenes() if is_held_out(scene.shapes[0]))
@@ -188,6 +219,30 @@ def sample_training_scene(rng: random.Random, two_shape_fraction: float) -> Scen
         colours = {shape.colour for shape in shapes}
         if len(colours) == 2 and background not in colours and not any(map(is_held_out, shapes)):
             return Scene(shapes, background)
+
+
+def sample_vae_scene(rng: random.Random) -> Scene:
+    """A scene for the VAE alone, which reads no caption: a training scene half the time, else one or two shapes of
+    random colours on a random background. Seeing shapes in every colour, the VAE learns to code a shape and its
+    colour apart, so that it also draws the held-out pairs, whose colours it must not see on those shapes."""
+    if rng.random() < 0.5:
+        return sample_training_scene(rng, two_shape_fraction=0.15)
+    while True:
+        background, *colours = (f"#{rng.randrange(256**3):06x}" for _ in range(3))
+        places = [rng.choice(list(POSITIONS))] if rng.random() < 0.85 else rng.choice(_PAIRED_POSITIONS)
+        shapes = tuple(
+            Shape(colour, rng.choice(SHAPES), rng.choice(list(SIZES)), place)
+            for colour, place in zip(colours, places, strict=False)
+        )
+        if _far_apart([background, *(shape.colour for shape in shapes)]) and not any(map(is_held_out, shapes)):
+            return Scene(shapes, background)
+
+
+def _far_apart(colours: list[str]) -> bool:
+    """Whether every two of the colours are at least `_MIN_COLOUR_DISTANCE` apart."""
+    values = np.array([rgb(colour) for colour in colours], dtype=np.float32)
+    distances = np.linalg.norm(values[:, None] - values[None], axis=-1)
+    return bool(distances[~np.eye(len(colours), dtype=bool)].min() >= _MIN_COLOUR_DISTANCE)
 
 
 def training_caption(scene: Scene, rng: random.Random) -> str:

@@ -4,11 +4,10 @@
 
 The FLUX.1 architecture at a few million parameters: tokenizers that know the caption words, frozen CLIP and T5
 encoders set so that each word keeps its own vector (`make_text_encoders_compositional`), a VAE trained first on the
-scenes, then the DiT trained on the VAE's latents with the rectified-flow objective that FLUX's scheduler samples.
-The decoder's fine-tuning runs in a second process beside the DiT's training, so that 2 CPU cores finish in about
-40 minutes; `--vae-from FOLDER` trains only the DiT, on the VAE of a folder already trained. The same seed and thread
-count give the same weights.
-"""
+scenes and on shapes of random colours (`sample_vae_scene`), then the DiT trained on the VAE's latents with the
+rectified-flow objective that FLUX's scheduler samples. The decoder's fine-tuning runs in a second process beside the
+DiT's training, so that 2 CPU cores finish in about 45 minutes; `--vae-from FOLDER` trains only the DiT, on the VAE
+of a folder already trained. The same seed and thread count give the same weights."""
 
 import argparse
 import concurrent.futures
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-from easel.demo.scenes import render, sample_training_scene, training_caption
+from easel.demo.scenes import render, sample_training_scene, sample_vae_scene, training_caption
 from easel.testing.seeding import seeded
 from easel.testing.text_encoders import TEXT_ENCODER_HIDDEN_SIZE, build_clip_text_encoder, build_t5_encoder
 from easel.testing.tokenizers import ENGLISH_WORD_COUNTS, build_clip_tokenizer, build_t5_tokenizer
@@ -33,7 +32,7 @@ from easel.testing.tokenizers import ENGLISH_WORD_COUNTS, build_clip_tokenizer, 
 logger = logging.getLogger(__name__)
 
 # The caption words the built-in word list lacks, so that each is one token.
-DEMO_WORD_COUNTS = {**ENGLISH_WORD_COUNTS, "centre": 20, "large": 40, "middle": 10}
+DEMO_WORD_COUNTS = {**ENGLISH_WORD_COUNTS, "centre": 20, "large": 40, "middle": 10, "cyan": 10}
 
 # Short T5 window: the captions take at most 22 tokens, and the DiT attends over text and image tokens together.
 MAX_SEQUENCE_LENGTH = 24
@@ -155,13 +154,17 @@ def build_untrained_pipeline(seed: int) -> FluxPipeline:
 
 def make_dataset(count: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
     """`count` rendered training scenes as (N, 3, 64, 64) floats in -1..1, and one caption each."""
-    images, captions = [], []
-    for _ in range(count):
-        scene = sample_training_scene(rng, two_shape_fraction=0.15)
-        images.append(render(scene, rng))
-        captions.append(training_caption(scene, rng))
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return pixels, captions
+    scenes = [sample_training_scene(rng, two_shape_fraction=0.15) for _ in range(count)]
+    return _pixels([render(scene, rng) for scene in scenes]), [training_caption(scene, rng) for scene in scenes]
+
+
+def make_vae_dataset(count: int, rng: random.Random) -> torch.Tensor:
+    """`count` rendered scenes for the VAE (`sample_vae_scene`: half of them in random colours)."""
+    return _pixels([render(sample_vae_scene(rng), rng) for _ in range(count)])
+
+
+def _pixels(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -320,10 +323,13 @@ def train(
     vae_batch: int,
     dit_batch: int,
     vae_from: Path | None = None,
+    threads: int = 1,
 ) -> Path:
     """Builds, trains and saves the demo pipeline at `output`; returns it. `vae_from`: a trained folder whose VAE
-    is taken as it is (only the DiT trains)."""
+    is taken as it is (only the DiT trains). The VAE trains on `threads` torch threads, the DiT on one fewer while
+    the decoder's fine-tuning holds one."""
     start = time.perf_counter()
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     pipeline = build_untrained_pipeline(seed)
@@ -332,11 +338,13 @@ def train(
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         decoder = None
         if vae_from is None:
-            train_vae(pipeline.vae, pixels, vae_steps, vae_batch, generator)
+            train_vae(pipeline.vae, make_vae_dataset(samples, random.Random(seed + 1)), vae_steps, vae_batch, generator)
             # The decoder's fine-tuning leaves the encoder, hence the DiT's latents, as they are: it runs beside it.
-            decoder = pool.submit(
-                _finetuned_decoder, pipeline.vae.state_dict(), seed, samples, decoder_steps, vae_batch, logger.level
-            )
+            # A copy: the pool pickles its arguments in a background thread, moving their storage into shared memory
+            # while this thread goes on reading the VAE.
+            vae_state = {name: tensor.clone() for name, tensor in pipeline.vae.state_dict().items()}
+            decoder = pool.submit(_finetuned_decoder, vae_state, seed, samples, decoder_steps, vae_batch, logger.level)
+            torch.set_num_threads(max(1, threads - 1))
         else:
             pipeline.vae = AutoencoderKL.from_pretrained(vae_from / "vae")
         latents = encode_latents(pipeline.vae, pixels)
@@ -370,7 +378,7 @@ def _finetuned_decoder(
     _configure_process(log_level)
     vae = AutoencoderKL(**VAE_CONFIG)
     vae.load_state_dict(vae_state)
-    pixels, _ = make_dataset(samples, random.Random(seed))
+    pixels = make_vae_dataset(samples, random.Random(seed + 1))
     finetune_decoder(vae, pixels, steps, batch_size, torch.Generator().manual_seed(seed + 2))
     return vae.decoder.state_dict()
 
@@ -390,15 +398,15 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=24000, help="rendered training scenes")
-    parser.add_argument("--vae-steps", type=int, default=800)
+    parser.add_argument("--vae-steps", type=int, default=2400)
     parser.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only steps after the VAE's")
     parser.add_argument("--dit-steps", type=int, default=2400)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--dit-batch", type=int, default=64)
     parser.add_argument("--vae-from", type=Path, help="a trained demo folder whose VAE is kept: only the DiT trains")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
     args = parser.parse_args()
-    _configure_process(logging.INFO, args.threads)
+    _configure_process(logging.INFO)
     train(
         args.output,
         args.seed,
@@ -409,6 +417,7 @@ def main() -> None:
         args.vae_batch,
         args.dit_batch,
         args.vae_from,
+        args.threads,
     )
 
 
