@@ -25,6 +25,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
 from easel.demo.scenes import render, sample_training_scene, sample_vae_scene, training_caption
+from easel.testing.flux import FLUX_VARIANTS, TINY_FLUX_VAE_CONFIG
 from easel.testing.seeding import seeded
 from easel.testing.text_encoders import TEXT_ENCODER_HIDDEN_SIZE, build_clip_text_encoder, build_t5_encoder
 from easel.testing.tokenizers import ENGLISH_WORD_COUNTS, build_clip_tokenizer, build_t5_tokenizer
@@ -48,19 +49,12 @@ SAMPLING_DEFAULTS = {
     "negative_prompt": "",
 }
 
-# FLUX.1's VAE layout (8x compression, 16 latent channels, no quant convs) at widths a CPU trains in minutes.
+# The tiny test FLUX VAE's layout (8x compression, 16 latent channels, no quant convs) at widths that learn the
+# scenes; its latent statistics are measured on them (`encode_latents`).
 VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    **TINY_FLUX_VAE_CONFIG,
     "block_out_channels": (16, 32, 32, 32),
-    "layers_per_block": 1,
     "norm_num_groups": 8,
-    "latent_channels": 16,
-    "sample_size": 64,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
     "mid_block_add_attention": False,
 }
 # About 3.4 M parameters: 3 double-stream and 6 single-stream blocks of width 128.
@@ -77,14 +71,7 @@ TRANSFORMER_CONFIG = {
     "axes_dims_rope": (8, 12, 12),
 }
 # FLUX.1-dev's schedule: sigmas shifted by the image's token count.
-SCHEDULER_CONFIG = {
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-}
+SCHEDULER_CONFIG = FLUX_VARIANTS["dev"].scheduler_config
 
 
 def flux_shift_mu(image_tokens: int) -> float:
