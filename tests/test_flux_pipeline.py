@@ -1,7 +1,11 @@
 """FLUX.1 end to end against Diffusers: dev (guidance embedding), schnell and Kontext, CFG off and on."""
 
+import shutil
+
 import diffusers
 
+from easel.testing.flux import TINY_FLUX_VAE_CONFIG
+from easel.testing.seeding import seeded
 from tests.parity import PipelineParityMixin, input_image
 
 RESOLUTIONS = [{"height": 64, "width": 64}, {"height": 48, "width": 80}]
@@ -13,6 +17,24 @@ class TestFluxDevParity(PipelineParityMixin):
     kind = "flux"
     reference_cls = diffusers.FluxPipeline
     cases = [{**case, "guidance_scale": 3.5} for case in CASES]
+
+
+class TestFluxFourTimesVaeParity(PipelineParityMixin):
+    """A VAE that compresses 4x instead of 8x: the timestep shift counts the image tokens there really are."""
+
+    kind = "flux"
+    reference_cls = diffusers.FluxPipeline
+    cases = [{**CASES[0], "guidance_scale": 3.5}]
+
+    @classmethod
+    def build_folder(cls, tiny_pipeline, tmp_path_factory):
+        folder = tmp_path_factory.mktemp("flux-vae-4x") / "flux"
+        shutil.copytree(tiny_pipeline("flux"), folder)
+        blocks = {"down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3}
+        with seeded(0):
+            vae = diffusers.AutoencoderKL(**{**TINY_FLUX_VAE_CONFIG, **blocks, "block_out_channels": (8, 8, 8)})
+        vae.save_pretrained(folder / "vae")
+        return folder
 
 
 class TestFluxSchnellParity(PipelineParityMixin):

@@ -10,7 +10,7 @@ from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.server_args import ServerArgs
 
 
-def prepare_sigmas(batch: Req, scheduler) -> dict[str, Any]:
+def prepare_sigmas(batch: Req, scheduler, server_args: ServerArgs) -> dict[str, Any]:
     """FLUX samples sigmas evenly from 1 to 1/steps (before the shift), unless the scheduler brings its own."""
     if scheduler.config.get("use_flow_sigmas", False):
         return {}
@@ -18,10 +18,11 @@ def prepare_sigmas(batch: Req, scheduler) -> dict[str, Any]:
     return {"sigmas": np.linspace(1.0, 1 / steps, steps)}
 
 
-def prepare_mu(batch: Req, scheduler) -> dict[str, Any]:
+def prepare_mu(batch: Req, scheduler, server_args: ServerArgs) -> dict[str, Any]:
     """The resolution-dependent timestep shift: mu grows linearly with the number of image tokens."""
     config = scheduler.config
-    image_seq_len = (batch.height // 16) * (batch.width // 16)  # one token per 2x2 patch of 8x-compressed latents
+    pixels_per_token = server_args.pipeline_config.pixel_multiple()  # the VAE's compression times the patch side
+    image_seq_len = (batch.height // pixels_per_token) * (batch.width // pixels_per_token)
     base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
     base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
     slope = (max_shift - base_shift) / (max_len - base_len)

@@ -12,7 +12,7 @@ from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.server_args import ServerArgs
 
 # A model-specific hook: extra keyword arguments for `scheduler.set_timesteps` (FLUX's `mu`, custom sigmas).
-TimestepKwargsFn = Callable[[Req, Any], dict[str, Any]]
+TimestepKwargsFn = Callable[[Req, Any, ServerArgs], dict[str, Any]]
 
 
 class TimestepPreparationStage(PipelineStage):
@@ -28,7 +28,7 @@ class TimestepPreparationStage(PipelineStage):
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
         kwargs: dict[str, Any] = {}
         for prepare in self.prepare_extra_timestep_kwargs:
-            kwargs.update(prepare(batch, self.scheduler))
+            kwargs.update(prepare(batch, self.scheduler, server_args))
         if kwargs.get("sigmas") is None:  # a sigma schedule fixes the number of steps by itself
             kwargs["num_inference_steps"] = batch.num_inference_steps
         set_schedule(self.scheduler, batch, device=server_args.torch_device, **kwargs)
