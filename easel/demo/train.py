@@ -6,8 +6,9 @@ The FLUX.1 architecture at a few million parameters: tokenizers that know the ca
 encoders set so that each word keeps its own vector (`make_text_encoders_compositional`), a VAE trained first on the
 scenes and on shapes of random colours (`sample_vae_scene`), then the DiT trained on the VAE's latents with the
 rectified-flow objective that FLUX's scheduler samples. The decoder's fine-tuning runs in a second process beside the
-DiT's training, so that 2 CPU cores finish in about 45 minutes; `--vae-from FOLDER` trains only the DiT, on the VAE
-of a folder already trained. The same seed and thread count give the same weights."""
+DiT's training, so that 2 CPU cores finish in about 45 minutes; `--device cuda` trains on a GPU instead (the noise is
+still drawn on the CPU, from the same seed). `--vae-from FOLDER` trains only the DiT, on the VAE of a folder already
+trained. The same seed and thread count give the same weights on the CPU."""
 
 import argparse
 import concurrent.futures
@@ -160,16 +161,26 @@ def cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
 
 
+def _randn(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Normal noise drawn on the CPU (the generator's device), so that a seed draws the same noise on any device."""
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def _batch(data: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return data[torch.randint(len(data), (batch_size,), generator=generator)].to(device)
+
+
 def train_vae(vae: AutoencoderKL, pixels: torch.Tensor, steps: int, batch_size: int, generator: torch.Generator):
     """Reconstruction (L1 + MSE) with a tiny KL term: the latents stay close to a deterministic code of the image."""
+    device = vae.device
     optimizer = torch.optim.Adam(vae.parameters(), lr=2e-3)
     vae.train()
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, 2e-3, warmup=50)
-        batch = pixels[torch.randint(len(pixels), (batch_size,), generator=generator)]
+        batch = _batch(pixels, batch_size, generator, device)
         posterior = vae.encode(batch).latent_dist
-        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        latents = posterior.mean + posterior.std * _randn(posterior.mean.shape, generator, device)
         reconstruction = vae.decode(latents).sample
         error = reconstruction - batch
         loss = error.abs().mean() + error.pow(2).mean() + 1e-6 * posterior.kl().mean()
@@ -184,15 +195,16 @@ def train_vae(vae: AutoencoderKL, pixels: torch.Tensor, steps: int, batch_size: 
 def finetune_decoder(vae: AutoencoderKL, pixels: torch.Tensor, steps: int, batch_size: int, generator: torch.Generator):
     """Trains the decoder alone on the frozen encoder's latents: sharper edges (small triangles stop looking like
     circles) without moving the latent space the DiT was trained on."""
+    device = vae.device
     optimizer = torch.optim.Adam(vae.decoder.parameters(), lr=1e-3)
     vae.decoder.train().requires_grad_(True)
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, 1e-3, warmup=50)
-        batch = pixels[torch.randint(len(pixels), (batch_size,), generator=generator)]
+        batch = _batch(pixels, batch_size, generator, device)
         with torch.no_grad():
             posterior = vae.encode(batch).latent_dist
-            latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+            latents = posterior.mean + posterior.std * _randn(posterior.mean.shape, generator, device)
         error = vae.decode(latents).sample - batch
         loss = error.abs().mean() + error.pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -209,7 +221,7 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
 
     Sets the VAE's `shift_factor` and `scaling_factor` to match.
     """
-    latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(512)])
+    latents = torch.cat([vae.encode(chunk.to(vae.device)).latent_dist.mean for chunk in pixels.split(512)])
     shift, scale = latents.mean().item(), 1 / latents.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     return (latents - shift) * scale
@@ -253,14 +265,15 @@ def train_transformer(
     spends its steps where sampling does. One caption in ten is replaced by the empty prompt, which lets
     `true_cfg_scale` with `negative_prompt=""` work.
     """
+    device = transformer.device
     sequences, pooled = text
     tokens = pack(latents)
     _, _, h, w = latents.shape
-    img_ids = torch.zeros(h // 2, w // 2, 3)
-    img_ids[..., 1] = torch.arange(h // 2)[:, None]
-    img_ids[..., 2] = torch.arange(w // 2)[None, :]
+    img_ids = torch.zeros(h // 2, w // 2, 3, device=device)
+    img_ids[..., 1] = torch.arange(h // 2, device=device)[:, None]
+    img_ids[..., 2] = torch.arange(w // 2, device=device)[None, :]
     img_ids = img_ids.reshape(-1, 3)
-    txt_ids = torch.zeros(MAX_SEQUENCE_LENGTH, 3)
+    txt_ids = torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=device)
     shift = math.exp(flux_shift_mu(tokens.shape[1]))
     ema = copy.deepcopy(transformer).requires_grad_(False)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=5e-4, weight_decay=0.0)
@@ -268,14 +281,14 @@ def train_transformer(
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, 5e-4, warmup=100)
-        rows = torch.randint(len(tokens), (batch_size,), generator=generator)
+        rows = torch.randint(len(tokens), (batch_size,), generator=generator).to(device)
         x0 = tokens[rows]
-        dropped = torch.rand(batch_size, generator=generator) < 0.1
+        dropped = (torch.rand(batch_size, generator=generator) < 0.1).to(device)
         sequence = torch.where(dropped[:, None, None], empty_text[0], sequences[rows])
         pooled_batch = torch.where(dropped[:, None], empty_text[1], pooled[rows])
-        u = torch.sigmoid(torch.randn(batch_size, generator=generator))
+        u = torch.sigmoid(_randn(batch_size, generator, device))
         t = shift * u / (1 + (shift - 1) * u)
-        noise = torch.randn(x0.shape, generator=generator)
+        noise = _randn(x0.shape, generator, device)
         x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
         prediction = transformer(
             hidden_states=x_t,
@@ -293,8 +306,7 @@ def train_transformer(
         optimizer.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for averaged, current in zip(ema.parameters(), transformer.parameters(), strict=True):
-                averaged.lerp_(current, 1 - decay)
+            torch._foreach_lerp_(list(ema.parameters()), list(transformer.parameters()), 1 - decay)
         if step % 50 == 0 or step == steps - 1:
             logger.info("dit step %d/%d loss %.4f", step, steps, loss.item())
     return ema.eval()
@@ -311,15 +323,16 @@ def train(
     dit_batch: int,
     vae_from: Path | None = None,
     threads: int = 1,
+    device: str = "cpu",
 ) -> Path:
     """Builds, trains and saves the demo pipeline at `output`; returns it. `vae_from`: a trained folder whose VAE
-    is taken as it is (only the DiT trains). The VAE trains on `threads` torch threads, the DiT on one fewer while
-    the decoder's fine-tuning holds one."""
+    is taken as it is (only the DiT trains). On the CPU the VAE trains on `threads` torch threads, the DiT on one
+    fewer while the decoder's fine-tuning holds one."""
     start = time.perf_counter()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    pipeline = build_untrained_pipeline(seed)
+    pipeline = build_untrained_pipeline(seed).to(device)
     pixels, captions = make_dataset(samples, random.Random(seed))
     logger.info("rendered %d scenes (%d distinct captions)", samples, len(set(captions)))
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -329,11 +342,21 @@ def train(
             # The decoder's fine-tuning leaves the encoder, hence the DiT's latents, as they are: it runs beside it.
             # A copy: the pool pickles its arguments in a background thread, moving their storage into shared memory
             # while this thread goes on reading the VAE.
-            vae_state = {name: tensor.clone() for name, tensor in pipeline.vae.state_dict().items()}
-            decoder = pool.submit(_finetuned_decoder, vae_state, seed, samples, decoder_steps, vae_batch, logger.level)
+            vae_state = {name: tensor.cpu().clone() for name, tensor in pipeline.vae.state_dict().items()}
+            decoder = pool.submit(
+                _finetuned_decoder,
+                dict(pipeline.vae.config),
+                vae_state,
+                seed,
+                samples,
+                decoder_steps,
+                vae_batch,
+                device,
+                logger.level,
+            )
             torch.set_num_threads(max(1, threads - 1))
         else:
-            pipeline.vae = AutoencoderKL.from_pretrained(vae_from / "vae")
+            pipeline.vae = AutoencoderKL.from_pretrained(vae_from / "vae").to(device)
         latents = encode_latents(pipeline.vae, pixels)
         text = encode_captions(pipeline, captions)
         empty_text = encode_captions(pipeline, [""])
@@ -349,7 +372,7 @@ def train(
         )
         if decoder is not None:
             pipeline.vae.decoder.load_state_dict(decoder.result())
-    pipeline.save_pretrained(output)
+    pipeline.to("cpu").save_pretrained(output)
     index_path = output / "model_index.json"
     index = json.loads(index_path.read_text())
     index["_easel_sampling_defaults"] = SAMPLING_DEFAULTS
@@ -359,15 +382,23 @@ def train(
 
 
 def _finetuned_decoder(
-    vae_state: dict[str, torch.Tensor], seed: int, samples: int, steps: int, batch_size: int, log_level: int
+    vae_config: dict,
+    vae_state: dict[str, torch.Tensor],
+    seed: int,
+    samples: int,
+    steps: int,
+    batch_size: int,
+    device: str,
+    log_level: int,
 ) -> dict[str, torch.Tensor]:
     """`finetune_decoder` in a worker process: the same scenes, redrawn from the seed; returns the decoder's weights."""
     _configure_process(log_level)
-    vae = AutoencoderKL(**VAE_CONFIG)
+    vae = AutoencoderKL.from_config(vae_config)
     vae.load_state_dict(vae_state)
+    vae.to(device)
     pixels = make_vae_dataset(samples, random.Random(seed + 1))
     finetune_decoder(vae, pixels, steps, batch_size, torch.Generator().manual_seed(seed + 2))
-    return vae.decoder.state_dict()
+    return {name: tensor.cpu() for name, tensor in vae.decoder.state_dict().items()}
 
 
 def _configure_process(log_level: int, threads: int = 1) -> None:
@@ -392,6 +423,7 @@ def main() -> None:
     parser.add_argument("--dit-batch", type=int, default=64)
     parser.add_argument("--vae-from", type=Path, help="a trained demo folder whose VAE is kept: only the DiT trains")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu, or cuda on a GPU machine")
     args = parser.parse_args()
     _configure_process(logging.INFO)
     train(
@@ -405,6 +437,7 @@ def main() -> None:
         args.dit_batch,
         args.vae_from,
         args.threads,
+        args.device,
     )
 
 
