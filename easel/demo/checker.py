@@ -16,9 +16,12 @@ from easel.demo.scenes import COLOURS, POSITIONS, SIZES, Scene, Shape, nearest_c
 ATTRIBUTES = ("colour", "shape", "size", "position", "background")
 
 _COLOUR_NAMES = tuple(COLOURS)
-_BORDER = 2  # pixels of each edge that show only background in every scene
+_BORDER = 2  # pixels of each edge read for the background (a large shape reaches the inner one, along a part)
 _FOREGROUND_DISTANCE = 80.0  # RGB distance (0..255 scale) from the background beyond which a pixel is a shape's
 _MIN_SHAPE_FRACTION = 0.01  # a colour covering fewer pixels of the image is stray edge pixels, not a shape
+# A shape fills at least half its bounding box (a triangle, half); a colour filling much less of its box is the thin
+# anti-aliased rim between a shape and the background (yellow on blue reads as a gray ring), not a shape.
+_MIN_BOX_FILL = 0.3
 _SIZE_THRESHOLD = sum(SIZES.values()) / len(SIZES)  # between the small and the large box side
 
 
@@ -44,7 +47,7 @@ def judge(image: Image.Image | np.ndarray) -> Verdict:
     shapes = []
     for index, name in enumerate(_COLOUR_NAMES):
         mask = _without_stray_pixels(foreground & (labels == index))
-        if name != background and mask.mean() >= _MIN_SHAPE_FRACTION:
+        if name != background and mask.mean() >= _MIN_SHAPE_FRACTION and _box_fill(mask) >= _MIN_BOX_FILL:
             shapes.append((int(mask.sum()), _describe(name, mask)))
     shapes.sort(key=lambda found: -found[0])
     return Verdict(background, tuple(shape for _, shape in shapes))
@@ -94,9 +97,19 @@ def _without_stray_pixels(mask: np.ndarray) -> np.ndarray:
     return mask & (neighbours >= 4)
 
 
-def _describe(colour: str, mask: np.ndarray) -> Shape:
+def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a non-empty mask, bottom and right exclusive."""
     rows, cols = np.nonzero(mask)
-    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    return rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+
+
+def _box_fill(mask: np.ndarray) -> float:
+    top, bottom, left, right = _bounding_box(mask)
+    return mask.sum() / ((bottom - top) * (right - left))
+
+
+def _describe(colour: str, mask: np.ndarray) -> Shape:
+    top, bottom, left, right = _bounding_box(mask)
     height, width = mask.shape
     centre = np.array([(left + right) / 2 / width, (top + bottom) / 2 / height])
     position = min(POSITIONS, key=lambda name: np.linalg.norm(centre - np.array(POSITIONS[name])))
