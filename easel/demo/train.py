@@ -6,7 +6,7 @@ The FLUX.1 architecture at a few million parameters: tokenizers that know the ca
 encoders set so that each word keeps its own vector (`make_text_encoders_compositional`), a VAE trained first on the
 scenes and on shapes of random colours (`sample_vae_scene`), then the DiT trained on the VAE's latents with the
 rectified-flow objective that FLUX's scheduler samples. The decoder's fine-tuning runs in a second process beside the
-DiT's training, so that 2 CPU cores finish in about 45 minutes; `--device cuda` trains on a GPU instead (the noise is
+DiT's training, so that 2 CPU cores finish in about 49 minutes; `--device cuda` trains on a GPU instead (the noise is
 still drawn on the CPU, from the same seed). `--vae-from FOLDER` trains only the DiT, on the VAE of a folder already
 trained. The same seed and thread count give the same weights on the CPU."""
 
@@ -420,9 +420,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=24000, help="rendered training scenes")
-    parser.add_argument("--vae-steps", type=int, default=2400)
+    parser.add_argument("--vae-steps", type=int, default=1800)
     parser.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only steps after the VAE's")
-    parser.add_argument("--dit-steps", type=int, default=2400)
+    parser.add_argument("--dit-steps", type=int, default=3200)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--dit-batch", type=int, default=64)
     parser.add_argument("--vae-from", type=Path, help="a trained demo folder whose VAE is kept: only the DiT trains")
