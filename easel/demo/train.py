@@ -26,6 +26,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
 from easel.demo.scenes import render, sample_training_scene, sample_vae_scene, training_caption
+from easel.runtime.pipelines.flux import flux_mu
 from easel.testing.flux import FLUX_VARIANTS, TINY_FLUX_VAE_CONFIG
 from easel.testing.seeding import seeded
 from easel.testing.text_encoders import TEXT_ENCODER_HIDDEN_SIZE, build_clip_text_encoder, build_t5_encoder
@@ -73,13 +74,6 @@ TRANSFORMER_CONFIG = {
 }
 # FLUX.1-dev's schedule: sigmas shifted by the image's token count.
 SCHEDULER_CONFIG = FLUX_VARIANTS["dev"].scheduler_config
-
-
-def flux_shift_mu(image_tokens: int) -> float:
-    """FLUX's mu for an image of `image_tokens` packed tokens: the scheduler shifts sigma by exp(mu)."""
-    config = SCHEDULER_CONFIG
-    slope = (config["max_shift"] - config["base_shift"]) / (config["max_image_seq_len"] - config["base_image_seq_len"])
-    return config["base_shift"] + slope * (image_tokens - config["base_image_seq_len"])
 
 
 # T5's relative-position bucket (bidirectional, 8 buckets) of the key just before the query. (The next word instead
@@ -278,7 +272,7 @@ def train_transformer(
     img_ids[..., 2] = torch.arange(w // 2, device=device)[None, :]
     img_ids = img_ids.reshape(-1, 3)
     txt_ids = torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=device)
-    shift = math.exp(flux_shift_mu(tokens.shape[1]))
+    shift = math.exp(flux_mu(tokens.shape[1], SCHEDULER_CONFIG))
     ema = copy.deepcopy(transformer).requires_grad_(False)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=5e-4, weight_decay=0.0)
     transformer.train().requires_grad_(True)

@@ -1,5 +1,6 @@
 """FLUX.1 text-to-image (dev and schnell), composed from the standard stages: the worked example of style B."""
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,15 +19,20 @@ def prepare_sigmas(batch: Req, scheduler, server_args: ServerArgs) -> dict[str, 
     return {"sigmas": np.linspace(1.0, 1 / steps, steps)}
 
 
-def prepare_mu(batch: Req, scheduler, server_args: ServerArgs) -> dict[str, Any]:
-    """The resolution-dependent timestep shift: mu grows linearly with the number of image tokens."""
-    config = scheduler.config
-    pixels_per_token = server_args.pipeline_config.pixel_multiple()  # the VAE's compression times the patch side
-    image_seq_len = (batch.height // pixels_per_token) * (batch.width // pixels_per_token)
+def flux_mu(image_seq_len: int, config: Mapping[str, Any]) -> float:
+    """FLUX's resolution-dependent shift for a scheduler's `config`: mu grows linearly with the number of image
+    tokens (the sigmas shift by e^mu)."""
     base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
     base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
     slope = (max_shift - base_shift) / (max_len - base_len)
-    return {"mu": image_seq_len * slope + (base_shift - slope * base_len)}
+    return image_seq_len * slope + (base_shift - slope * base_len)
+
+
+def prepare_mu(batch: Req, scheduler, server_args: ServerArgs) -> dict[str, Any]:
+    """`flux_mu` for the requested size."""
+    pixels_per_token = server_args.pipeline_config.pixel_multiple()  # the VAE's compression times the patch side
+    image_seq_len = (batch.height // pixels_per_token) * (batch.width // pixels_per_token)
+    return {"mu": flux_mu(image_seq_len, scheduler.config)}
 
 
 class FluxPipeline(LoRAPipeline, ComposedPipelineBase):
