@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from easel.errors import EaselError
+from easel.runtime.distributed.parallel_state import get_sp_world_size
 from easel.runtime.layers.layernorm import apply_qk_norm
+from easel.runtime.layers.parallel_attention import sequence_parallel_attention
 
 # backend(query, key, value) -> out, all (B, L, H, D); backends that support padding masks also take
 # `attn_mask=` (B, L_k) bool, see `attention`.
@@ -24,7 +26,7 @@ def _torch_sdpa(
     return out.transpose(1, 2)  # (B, L, H, D)
 
 
-# This registry is the seam where flash-attn kernels and sequence parallelism (Ulysses / ring) plug in.
+# This registry is the seam where flash-attn kernels plug in; sequence parallelism wraps whichever is active.
 _BACKENDS: dict[str, AttentionBackend] = {"torch_sdpa": _torch_sdpa}
 _active_backend = "torch_sdpa"
 
@@ -50,7 +52,23 @@ def attention(
 
     attn_mask: optional key-padding mask (B, L_k), bool, True for the keys a sample attends to (every query of the
     sample sees the same keys; each sample must keep at least one). None means full attention, the fast path.
+
+    Under sequence parallelism the tensors hold this rank's tokens (`easel.runtime.distributed.SequenceShard`) and
+    the keys are every rank's: Ulysses and/or ring attention (`parallel_attention`) around the active backend.
     """
+    backend = _BACKENDS[_active_backend]
+    if get_sp_world_size() > 1:
+        return sequence_parallel_attention(query, key, value, attn_mask, backend)
+    if attn_mask is None:
+        return backend(query, key, value)
+    return backend(query, key, value, attn_mask=attn_mask)
+
+
+def cross_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of this rank's queries to keys that every rank holds whole (a text prompt that is not sharded):
+    local under sequence parallelism too, since each query already sees every key. Shapes as in `attention`."""
     backend = _BACKENDS[_active_backend]
     if attn_mask is None:
         return backend(query, key, value)
