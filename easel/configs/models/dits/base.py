@@ -11,3 +11,8 @@ class DiTConfig(ModelConfig):
 
     in_channels: int = 64
     out_channels: int | None = None
+
+    @property
+    def attention_heads(self) -> int:
+        """Heads of the DiT's attention: what Ulysses and tensor parallelism split (layouts are checked on it)."""
+        return self.num_attention_heads

@@ -35,6 +35,10 @@ class ZImageDitConfig(DiTConfig):
     # The sizes of Diffusers' precomputed rotary tables, i.e. the largest position + 1 per axis it accepts.
     axes_lens: tuple[int, ...] = (1024, 512, 512)
 
+    @property
+    def attention_heads(self) -> int:
+        return self.n_heads
+
     def __post_init__(self) -> None:
         # config.json holds lists; tuples keep the config hashable and comparable.
         for name in ("all_patch_size", "all_f_patch_size", "axes_dims", "axes_lens"):
