@@ -22,7 +22,7 @@ from easel.runtime.distributed.parallel_state import (
     init_distributed,
     is_output_rank,
 )
-from easel.runtime.distributed.sequence_shard import SequenceShard, join_key_masks
+from easel.runtime.distributed.sequence_shard import SequenceShard, split_streams, streams_key_mask
 
 __all__ = [
     "ParallelLayout",
@@ -45,5 +45,6 @@ __all__ = [
     "get_world_rank",
     "init_distributed",
     "is_output_rank",
-    "join_key_masks",
+    "split_streams",
+    "streams_key_mask",
 ]

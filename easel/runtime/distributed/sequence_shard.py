@@ -8,6 +8,7 @@ are split with the same `SequenceShard`, so each token keeps its own position.
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,15 +56,6 @@ class SequenceShard:
             local = F.pad(local, pad)
         return local
 
-    def key_mask(self, batch: int, device: torch.device, mask: torch.Tensor | None = None) -> torch.Tensor | None:
-        """This rank's key mask (B, local_length), bool, True for real tokens: `mask` (B, length) of the whole stream
-        split here, with the padding masked; None when the stream has neither mask nor padding."""
-        if mask is None and not self.is_padded:
-            return None
-        if mask is None:
-            mask = torch.ones(batch, self.length, dtype=torch.bool, device=device)
-        return self.split(mask.bool(), dim=1)  # the zero padding reads False
-
     def gather(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """The whole stream (its `length` real tokens) from every rank's local part along `dim`."""
         if self.size == 1:
@@ -71,13 +63,22 @@ class SequenceShard:
         return all_gather(x, "sp", dim).narrow(dim % x.dim(), 0, self.length)
 
 
-def join_key_masks(*parts: tuple[torch.Tensor | None, int]) -> torch.Tensor | None:
-    """The key mask of streams concatenated along the sequence: parts are (mask or None, that stream's length);
-    None when no part has a mask."""
-    masks = [mask for mask, _ in parts if mask is not None]
-    if not masks:
+def split_streams(x: torch.Tensor, shards: Sequence[SequenceShard], dim: int = 1) -> torch.Tensor:
+    """This rank's part of x, which holds the whole streams of `shards` one after another along `dim` (a rotary
+    table or mask of text then image tokens): each stream's shard, concatenated in the same order."""
+    if shards[0].size == 1:
+        return x
+    parts = x.split([shard.length for shard in shards], dim=dim)
+    return torch.cat([shard.split(part, dim) for shard, part in zip(shards, parts, strict=True)], dim=dim)
+
+
+def streams_key_mask(
+    shards: Sequence[SequenceShard], batch: int, device: torch.device, mask: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The key mask (B, local tokens of every stream) of streams that attend to each other, in `split_streams`
+    order: `mask` (B, whole streams) or all keys, with every stream's padding masked; None when there is neither."""
+    if mask is None and not any(shard.is_padded for shard in shards):
         return None
-    batch, device = masks[0].shape[0], masks[0].device
-    return torch.cat(
-        [m.bool() if m is not None else torch.ones(batch, n, dtype=torch.bool, device=device) for m, n in parts], dim=1
-    )
+    if mask is None:
+        mask = torch.ones(batch, sum(shard.length for shard in shards), dtype=torch.bool, device=device)
+    return split_streams(mask.bool(), shards, dim=1)

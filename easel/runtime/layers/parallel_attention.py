@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from easel.errors import InvalidInputError
 from easel.runtime.distributed.communication import all_gather, all_to_all
-from easel.runtime.distributed.parallel_state import get_group, get_group_ranks, get_group_rank, get_group_size
+from easel.runtime.distributed.parallel_state import get_group, get_group_rank, get_group_ranks, get_group_size
 
 
 def attention_with_lse_reference(

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from easel.errors import EaselError, ModelLoadError
+from easel.runtime.distributed.parallel_state import get_tp_world_size
+from easel.runtime.layers.linear import checkpoint_sharder
 from easel.runtime.loader.processors import PROCESSOR_LOADERS
 from easel.runtime.loader.weights import load_state_dict
 from easel.runtime.server_args import ServerArgs
@@ -82,7 +84,9 @@ def load_dit(dit_cls: type[torch.nn.Module], folder: Path, server_args: ServerAr
     device = server_args.torch_device
     with torch.device("meta"):
         model = dit_cls(config)
-    state_dict = load_state_dict(folder, device)
+    # Under tensor parallelism each rank reads only its shards of the parallel linears' weights.
+    shard = checkpoint_sharder(model) if get_tp_world_size() > 1 else None
+    state_dict = load_state_dict(folder, device, shard)
     result = model.load_state_dict(state_dict, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise ModelLoadError(
