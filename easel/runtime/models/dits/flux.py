@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from easel.configs.models.dits.flux import FluxDitConfig
+from easel.runtime.distributed import SequenceShard, split_streams, streams_key_mask
 from easel.runtime.layers import (
     AdaLNContinuous,
     ColumnParallelLinear,
@@ -120,10 +121,15 @@ class JointAttention(nn.Module):
             self.to_add_out = RowParallelLinear(inner_dim, dim)
 
     def forward(
-        self, x: torch.Tensor, freqs_cis: FreqsCis, context: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        freqs_cis: FreqsCis,
+        context: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Single-stream: x is the whole (B, T + L, D) sequence; returns the (B, T + L, inner) attention.
         Double-stream: x is the (B, L, D) image, context the (B, T, D) text; returns both projected outputs.
+        attn_mask: (B, T + L) key mask, or None; only sequence parallelism's padding sets it.
         """
         query, key, value = project_qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, self.head_dim)
         if context is not None:
@@ -143,7 +149,7 @@ class JointAttention(nn.Module):
 
         cos, sin = freqs_cis
         query, key = apply_rotary_emb(query, cos, sin), apply_rotary_emb(key, cos, sin)
-        out = attention(query, key, value).flatten(2)  # (B, T + L, inner)
+        out = attention(query, key, value, attn_mask).flatten(2)  # (B, T + L, inner)
         if context is None:
             return out
 
@@ -172,12 +178,17 @@ class FluxDoubleStreamBlock(nn.Module):
         self.ff_context = FeedForward(dim)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, cond: torch.Tensor, freqs_cis: FreqsCis
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        cond: torch.Tensor,
+        freqs_cis: FreqsCis,
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: image tokens (B, L, D); context: text tokens (B, T, D); cond: (B, D). Returns (x, context)."""
         x_norm, (gate_attn, shift_mlp, scale_mlp, gate_mlp) = self.norm1(x, cond)
         c_norm, (c_gate_attn, c_shift_mlp, c_scale_mlp, c_gate_mlp) = self.norm1_context(context, cond)
-        attn_out, context_attn_out = self.attn(x_norm, freqs_cis, context=c_norm)
+        attn_out, context_attn_out = self.attn(x_norm, freqs_cis, context=c_norm, attn_mask=attn_mask)
 
         # Gated residuals: the gates are (B, D), shared by all tokens of a sample.
         x = x + gate_attn[:, None] * attn_out
@@ -198,14 +209,16 @@ class FluxSingleStreamBlock(nn.Module):
         self.proj_mlp = ColumnParallelLinear(dim, mlp_hidden_dim)
         # One output projection for both branches; its input is [attention | MLP], two separately sharded
         # halves under tensor parallelism.
-        self.proj_out = RowParallelLinear(dim + mlp_hidden_dim, dim)
+        self.proj_out = RowParallelLinear(dim + mlp_hidden_dim, dim, segments=(dim, mlp_hidden_dim))
         self.attn = JointAttention(dim, num_heads, head_dim, with_context_stream=False)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, freqs_cis: FreqsCis) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, freqs_cis: FreqsCis, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: text + image tokens (B, T + L, D); cond: (B, D)."""
         x_norm, (gate,) = self.norm(x, cond)
         mlp_out = F.gelu(self.proj_mlp(x_norm), approximate="tanh")  # (B, T + L, 4 D)
-        attn_out = self.attn(x_norm, freqs_cis)  # (B, T + L, D)
+        attn_out = self.attn(x_norm, freqs_cis, attn_mask=attn_mask)  # (B, T + L, D)
         x = x + gate[:, None] * self.proj_out(torch.cat([attn_out, mlp_out], dim=2))
         return clip_fp16(x)
 
@@ -270,18 +283,27 @@ class FluxTransformer2DModel(nn.Module):
         cond = self.time_text_embed(timestep, guidance, pooled_projections)  # (B, D)
         context = self.context_embedder(encoder_hidden_states)  # (B, T, D)
 
+        # Sequence parallelism: text and image tokens are both split across the SP group, each stream on its own
+        # (padded where it does not divide), rather than the text replicated: every block is per-token but for
+        # attention, which then needs no notion of streams, and the text's MLPs split too. At SP size 1 nothing moves.
+        shards = (SequenceShard.of(context.shape[1]), SequenceShard.of(x.shape[1]))  # text first, as freqs_cis
+        context, x = shards[0].split(context), shards[1].split(x)  # (B, T / N, D), (B, L / N, D)
+        freqs_cis = tuple(split_streams(table, shards, dim=0) for table in freqs_cis)
+        attn_mask = streams_key_mask(shards, x.shape[0], x.device)  # None unless a stream is padded
+
         for block in self.transformer_blocks:
-            x, context = block(x, context, cond, freqs_cis)
+            x, context = block(x, context, cond, freqs_cis, attn_mask)
 
         # The single-stream blocks are per-token apart from attention, so concatenating once (rather than per
         # block, as Diffusers does) gives the same result.
         text_len = context.shape[1]
         x = torch.cat([context, x], dim=1)  # (B, T + L, D)
         for block in self.single_transformer_blocks:
-            x = block(x, cond, freqs_cis)
+            x = block(x, cond, freqs_cis, attn_mask)
         x = x[:, text_len:]  # (B, L, D)
 
-        return self.proj_out(self.norm_out(x, cond))  # (B, L, out_channels)
+        out = self.proj_out(self.norm_out(x, cond))  # (B, L, out_channels)
+        return shards[1].gather(out)  # the whole image from every rank's part, once, at the narrowest width
 
 
 EntryClass = FluxTransformer2DModel
