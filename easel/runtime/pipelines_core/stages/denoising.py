@@ -3,6 +3,7 @@
 import torch
 from tqdm.auto import tqdm
 
+from easel.runtime.distributed.cfg_parallel import run_passes
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.server_args import ServerArgs
@@ -74,12 +75,17 @@ class DenoisingStage(PipelineStage):
         def run(kwargs: dict) -> torch.Tensor:
             return config.postprocess_noise_pred(transformer(**kwargs), x)
 
-        noise_cond = run(config.prepare_pos_cond_kwargs(batch, x, t, freqs_cis=freqs_cis))
-        noise_pred = noise_cond
+        passes = [config.prepare_pos_cond_kwargs(batch, x, t, freqs_cis=freqs_cis)]
         if batch.do_classifier_free_guidance:
-            noise_uncond = run(config.prepare_neg_cond_kwargs(batch, x, t, freqs_cis=freqs_cis))
-            noise_pred = config.combine_cfg(noise_cond, noise_uncond, cfg_scale, batch)
+            passes.append(config.prepare_neg_cond_kwargs(batch, x, t, freqs_cis=freqs_cis))
         extra_kwargs = config.prepare_extra_pass_kwargs(batch, x, t, step, freqs_cis=freqs_cis)
         if extra_kwargs is not None:
-            noise_pred = config.combine_extra_pass(noise_pred, noise_cond, run(extra_kwargs), batch)
+            passes.append(extra_kwargs)
+        predictions = run_passes(run, passes)  # under CFG parallelism, spread over the CFG group
+
+        noise_cond = noise_pred = predictions[0]
+        if batch.do_classifier_free_guidance:
+            noise_pred = config.combine_cfg(noise_cond, predictions[1], cfg_scale, batch)
+        if extra_kwargs is not None:
+            noise_pred = config.combine_extra_pass(noise_pred, noise_cond, predictions[-1], batch)
         return noise_pred
