@@ -12,6 +12,7 @@ At world size 1 nothing is initialised: every accessor answers size 1 / rank 0 a
 """
 
 import dataclasses
+import datetime
 import os
 
 import torch
@@ -69,25 +70,36 @@ class _State:
 
 
 _STATE = _State()
+# How long a collective waits for a rank before it raises: a rank that hangs or died without closing its sockets
+# then takes the others down in bounded time instead of leaving them waiting. EASEL_DIST_TIMEOUT_S overrides it.
+DEFAULT_TIMEOUT_S = 300.0
 GROUP_KINDS = ("cfg", "ring", "ulysses", "tp", "sp", "world")
 
 
 def init_distributed(
-    layout: ParallelLayout, rank: int | None = None, init_method: str | None = None, backend: str | None = None
+    layout: ParallelLayout,
+    rank: int | None = None,
+    init_method: str | None = None,
+    backend: str | None = None,
+    timeout_s: float | None = None,
 ) -> None:
     """Joins the world and creates every group of `layout`.
 
     rank / init_method default to torchrun's environment (RANK, MASTER_ADDR, MASTER_PORT); backend to NCCL when
-    CUDA is available, else gloo. A world of one process creates nothing.
+    CUDA is available, else gloo; timeout_s (every group's) to EASEL_DIST_TIMEOUT_S or DEFAULT_TIMEOUT_S. A world
+    of one process creates nothing.
     """
     global _STATE
     if layout.world_size == 1:
         _STATE = _State(layout=layout)
         return
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    timeout = datetime.timedelta(seconds=timeout_s or float(os.environ.get("EASEL_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)))
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=layout.world_size)
+        dist.init_process_group(
+            backend, init_method=init_method or "env://", rank=rank, world_size=layout.world_size, timeout=timeout
+        )
     elif dist.get_world_size() != layout.world_size:
         raise InvalidInputError(
             f"the process group has {dist.get_world_size()} ranks but the layout ({layout.describe()}) needs "
@@ -97,7 +109,7 @@ def init_distributed(
     # Every rank must create every group, in the same order, even those it is not in.
     for kind in GROUP_KINDS:
         for ranks in _group_ranks(layout, kind):
-            group = dist.new_group(list(ranks))
+            group = dist.new_group(list(ranks), timeout=timeout)
             if _STATE.rank in ranks:
                 _STATE.groups[kind] = _Group(group, len(ranks), ranks.index(_STATE.rank), ranks)
 
