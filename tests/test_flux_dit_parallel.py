@@ -1,12 +1,17 @@
-"""FLUX's DiT under every parallel layout (Ulysses, ring, USP, TP and TP x Ulysses) against one process."""
+"""FLUX's DiT under every parallel layout (Ulysses, ring, USP, TP and TP x Ulysses) against one process, and its
+LoRA adapters under tensor parallelism."""
 
 import dataclasses
 
 import torch
 
 from easel.configs.models.dits.flux import FluxDitConfig
+from easel.runtime.distributed import ParallelLayout
+from easel.runtime.distributed.launch import run_on_ranks
+from easel.runtime.layers.linear import ParallelLinear, full_features
+from easel.runtime.layers.lora import LoRALinear, LoRAWeights
 from easel.runtime.models.dits.flux import FluxTransformer2DModel
-from tests.parallel_dit import ParallelDiTCase, ParallelDiTMixin
+from tests.parallel_dit import TOLERANCE, ParallelDiTCase, ParallelDiTMixin
 
 # 4 heads so Ulysses 2 x TP 2 has a head per rank; odd lengths: 7 text and 5 x 3 image tokens.
 CONFIG = FluxDitConfig(
@@ -47,3 +52,47 @@ class FluxCase(ParallelDiTCase):
 
 class TestFluxParallel(ParallelDiTMixin):
     dit = FluxCase(FluxTransformer2DModel, CONFIG)
+
+
+def _attach_random_lora(model, merged: bool) -> None:
+    """One adapter on every tensor-parallel linear, drawn at the layers' whole widths, as a LoRA file holds it."""
+    generator = torch.Generator().manual_seed(2)
+    for _, layer in sorted(model.named_modules()):
+        if isinstance(layer, ParallelLinear):
+            in_features, out_features = full_features(layer)
+            down = torch.randn(4, in_features, generator=generator) * in_features**-0.5
+            up = torch.randn(out_features, 4, generator=generator) * 0.5
+            lora = LoRALinear(layer)
+            lora.add("style", LoRAWeights(down, up, scale=0.5))
+            lora.set_active({"style": 0.8})
+            if merged:
+                lora.merge()
+
+
+def _lora_outputs(weights: str) -> dict[str, torch.Tensor]:
+    """The DiT with the adapter, run-time and merged (on every rank of the launch's layout)."""
+    outputs = {}
+    for merged in (False, True):
+        model = TestFluxParallel.dit.build(torch.load(weights))
+        _attach_random_lora(model, merged)
+        with torch.no_grad():
+            outputs[f"merged={merged}"] = TestFluxParallel.dit.forward(model, TestFluxParallel.dit.inputs("odd"))
+    return outputs
+
+
+def test_lora_under_tensor_parallelism_matches_one_process(tmp_path) -> None:
+    dit = TestFluxParallel.dit
+    plain = dit.build()
+    weights = str(tmp_path / "weights.pt")
+    torch.save(plain.state_dict(), weights)
+    expected = _lora_outputs(weights)
+    with torch.no_grad():
+        without = dit.forward(plain, dit.inputs("odd"))
+    layouts = {"tp2": ParallelLayout(tp=2), "tp2-ulysses2": ParallelLayout(ulysses=2, tp=2)}
+    for name, layout in layouts.items():
+        ranks = run_on_ranks(_lora_outputs, layout, weights)
+        for mode, reference in expected.items():
+            error = max((outputs[mode] - reference).abs().max().item() for outputs in ranks)
+            print(f"PARALLEL LORA FLUX {name} {mode}: max abs diff {error:.2e}")
+            assert error <= TOLERANCE
+    assert (expected["merged=False"] - without).abs().max().item() > 10 * TOLERANCE  # the adapter does something

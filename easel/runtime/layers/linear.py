@@ -54,6 +54,7 @@ class ColumnParallelLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, segments: Sequence[int] | None = None):
         self.segments = _split_width(out_features, segments, "output")
         super().__init__(in_features, out_features // get_tp_world_size(), bias)
+        self.full_features = (in_features, out_features)
 
     def shard_tensor(self, name: str, full: torch.Tensor) -> torch.Tensor:
         """This rank's part of the full checkpoint tensor `name` ("weight" or "bias")."""
@@ -74,6 +75,7 @@ class RowParallelLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, segments: Sequence[int] | None = None):
         self.segments = _split_width(in_features, segments, "input")
         super().__init__(in_features // get_tp_world_size(), out_features, bias)
+        self.full_features = (in_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if get_tp_world_size() == 1:
@@ -97,6 +99,11 @@ class RowParallelLinear(nn.Linear):
 
 
 ParallelLinear = ColumnParallelLinear | RowParallelLinear
+
+
+def full_features(linear: nn.Linear) -> tuple[int, int]:
+    """(in, out) features of the whole layer, as a checkpoint (or a LoRA file) has it, whatever this rank holds."""
+    return getattr(linear, "full_features", (linear.in_features, linear.out_features))
 
 
 def checkpoint_sharder(model: nn.Module):

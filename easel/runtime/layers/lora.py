@@ -1,7 +1,9 @@
 """LoRA on a linear layer: low-rank updates added at run time (dynamic) or merged into the weight (fast).
 
 A `LoRALinear` attaches to an existing `nn.Linear` through a forward hook rather than replacing it, so that module
-paths, state dicts and the layer's class (which tensor parallelism reads) stay as they are.
+paths, state dicts and the layer's class (which tensor parallelism reads) stay as they are. On a tensor-parallel
+layer each rank keeps the part of the low-rank pair its shard needs (`shard_lora`), so run time and merged weights
+are those of the whole layer.
 """
 
 import dataclasses
@@ -9,6 +11,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from easel.runtime.distributed.parallel_state import get_tp_world_size
 
 
 @dataclasses.dataclass
@@ -35,11 +39,13 @@ class LoRALinear:
         return self.original is not None
 
     def add(self, name: str, weights: LoRAWeights) -> None:
+        """Adds a whole-layer adapter (as the file has it), keeping this rank's part of it."""
         weight = self.linear.weight
+        down, up = weights.down, weights.up
+        if hasattr(self.linear, "shard_lora"):
+            down, up = self.linear.shard_lora(down, up)
         self.adapters[name] = dataclasses.replace(
-            weights,
-            down=weights.down.to(weight.device, weight.dtype),
-            up=weights.up.to(weight.device, weight.dtype),
+            weights, down=down.to(weight.device, weight.dtype), up=up.to(weight.device, weight.dtype)
         )
 
     def remove(self, name: str) -> None:
@@ -79,8 +85,13 @@ class LoRALinear:
         if self.merged:
             return output
         x = inputs[0]
+        # A row-parallel layer's rank sees part of the input features: its low-rank activations are summed first.
+        reduce = getattr(self.linear, "reduce_lora", None) if get_tp_world_size() > 1 else None
         # The order and form of peft's unmerged forward: base(x) + lora_B(lora_A(x)) * scaling, adapter by adapter.
         for name, strength in self.active.items():
             adapter = self.adapters[name]
-            output = output + F.linear(F.linear(x, adapter.down), adapter.up) * (adapter.scale * strength)
+            hidden = F.linear(x, adapter.down)  # (..., rank)
+            if reduce is not None:
+                hidden = reduce(hidden)
+            output = output + F.linear(hidden, adapter.up) * (adapter.scale * strength)
         return output

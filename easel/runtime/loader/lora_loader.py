@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from easel.errors import InvalidInputError, ModelLoadError
+from easel.runtime.layers.linear import full_features
 from easel.runtime.layers.lora import LoRAWeights
 
 DIT = "dit"  # the component of a DiT module: applied to each DiT the adapter targets
@@ -174,7 +175,7 @@ def match_modules(modules: list[LoRAModule], model: nn.Module, family: str) -> t
         if paths is None:
             unmatched.append(module.key)
             continue
-        ups = _split_rows(module, [linears[path].out_features for path in paths])
+        ups = _split_rows(module, [full_features(linears[path])[1] for path in paths])
         for path, up in zip(paths, ups, strict=True):
             _check_fits(module, path, linears[path], up)
             matched[path] = dataclasses.replace(module.weights, up=up)
@@ -275,8 +276,9 @@ def _split_rows(module: LoRAModule, sizes: list[int]) -> list[torch.Tensor]:
 
 def _check_fits(module: LoRAModule, path: str, linear: nn.Linear, up: torch.Tensor) -> None:
     down = module.weights.down
-    if down.shape[1] != linear.in_features or up.shape[0] != linear.out_features:
+    in_features, out_features = full_features(linear)  # a tensor-parallel layer's whole width: the file's
+    if down.shape[1] != in_features or up.shape[0] != out_features:
         raise ModelLoadError(
             f"{module.key} does not fit {path}: the LoRA maps {down.shape[1]} -> {up.shape[0]} features, the "
-            f"layer {linear.in_features} -> {linear.out_features}; the LoRA was made for another model"
+            f"layer {in_features} -> {out_features}; the LoRA was made for another model"
         )
