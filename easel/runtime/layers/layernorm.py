@@ -4,6 +4,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from easel.runtime.distributed.communication import all_reduce
+from easel.runtime.distributed.parallel_state import get_tp_world_size
+from easel.runtime.layers.linear import _shard_dim, _split_width
+
 
 class RMSNorm(nn.Module):
     """RMS normalization over the last dimension with a learned scale; numerically torch.nn.RMSNorm."""
@@ -32,6 +36,31 @@ class RMSNormCastBeforeWeight(RMSNorm):
         if self.weight.dtype not in (torch.float16, torch.bfloat16):
             return super().forward(x)
         return F.rms_norm(x.float(), (self.dim,), eps=self.eps).to(self.weight.dtype) * self.weight
+
+
+class ParallelRMSNorm(RMSNorm):
+    """RMSNorm over features that tensor parallelism shards, such as a qk-norm across all heads when the heads are
+    split across TP ranks: each rank holds its features' slice of the scale, and the sum of squares is all-reduced
+    over the TP group, so every rank normalizes by the whole width's mean square. At TP size 1 it is `RMSNorm`, bit
+    for bit. The slice is the one a `ColumnParallelLinear` (without segments) of the same width gives its outputs.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        _split_width(dim, None, "normalized")
+        super().__init__(dim // get_tp_world_size(), eps)
+        self.full_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if get_tp_world_size() == 1:
+            return super().forward(x)
+        # As F.rms_norm does: in float32, the weight applied before the one rounding to x's dtype.
+        x32 = x.float()
+        mean_square = all_reduce(x32.square().sum(-1, keepdim=True), "tp") / self.full_dim
+        return (x32 * torch.rsqrt(mean_square + self.eps) * self.weight.float()).to(x.dtype)
+
+    def shard_tensor(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the full checkpoint tensor `name` (the "weight")."""
+        return _shard_dim(full, 0, (self.full_dim,)) if get_tp_world_size() > 1 else full[...]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

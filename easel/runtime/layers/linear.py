@@ -108,13 +108,14 @@ def full_features(linear: nn.Linear) -> tuple[int, int]:
 
 def checkpoint_sharder(model: nn.Module):
     """`shard(key, full) -> tensor`: this rank's part of the checkpoint tensor `key` of `model` (the whole tensor
-    for every layer that is not tensor-parallel). `full` may be a tensor or a safetensors slice."""
+    for every layer that is not tensor-parallel). `full` may be a tensor or a safetensors slice. A layer is
+    tensor-parallel when it has a `shard_tensor(name, full)` method (the parallel linears, `ParallelRMSNorm`)."""
     modules = dict(model.named_modules())
 
     def shard(key: str, full) -> torch.Tensor:
         module_name, _, tensor_name = key.rpartition(".")
         module = modules.get(module_name)
-        if isinstance(module, ParallelLinear):
+        if hasattr(module, "shard_tensor"):
             return module.shard_tensor(tensor_name, full)
         return full[...]
 
