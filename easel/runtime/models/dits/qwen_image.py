@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from easel.configs.models.dits.qwen_image import QwenImageDitConfig
+from easel.runtime.distributed import SequenceShard, split_streams, streams_key_mask
 from easel.runtime.layers import (
     AdaLNContinuous,
     ColumnParallelLinear,
@@ -333,11 +334,24 @@ class QwenImageTransformer2DModel(nn.Module):
             image_keys = torch.ones(batch, x.shape[1], dtype=torch.bool, device=x.device)
             attn_mask = torch.cat([encoder_hidden_states_mask.bool(), image_keys], dim=1)  # (B, T + L)
 
+        # Sequence parallelism: text and image tokens are both split across the SP group, each stream on its own
+        # (padded where it does not divide), rather than the text replicated: every block is per-token but for the
+        # joint attention, which then needs no notion of streams, and the text's MLPs split too. The text mask is
+        # split with its tokens and the padding added to it. At SP size 1 nothing moves.
+        shards = (SequenceShard.of(text_len), SequenceShard.of(x.shape[1]))  # text first, as freqs_cis and the mask
+        context, x = shards[0].split(context), shards[1].split(x)  # (B, T / N, D), (B, L / N, D)
+        freqs_cis = tuple(split_streams(table, shards, dim=0) for table in freqs_cis)
+        attn_mask = streams_key_mask(shards, batch, x.device, attn_mask)  # None unless masked or padded
+        if num_noisy_tokens is not None:
+            # The noisy tokens are a prefix of the image, so they are a prefix of each rank's contiguous shard too.
+            num_noisy_tokens = min(max(num_noisy_tokens - shards[1].start, 0), x.shape[1])
+
         for block in self.transformer_blocks:
             x, context = block(x, context, cond, freqs_cis, attn_mask, num_noisy_tokens)
 
         # The output is read at the conditioning of the true timestep.
-        return self.proj_out(self.norm_out(x, cond[:batch]))  # (B, L, out_channels)
+        out = self.proj_out(self.norm_out(x, cond[:batch]))  # (B, L / N, out_channels)
+        return shards[1].gather(out)  # the whole image from every rank's part, once, at the narrowest width
 
 
 EntryClass = QwenImageTransformer2DModel
