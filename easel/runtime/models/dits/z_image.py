@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from easel.configs.models.dits.z_image import ZImageDitConfig
+from easel.runtime.distributed import SequenceShard, split_streams, streams_key_mask
 from easel.runtime.layers import (
     ColumnParallelLinear,
     RMSNormCastBeforeWeight,
@@ -402,26 +403,44 @@ class ZImageTransformer2DModel(nn.Module):
         # Scale by t_scale in t's dtype (float32), then cast the embedding to the activations' dtype, like Diffusers.
         cond = self.t_embedder(t * self.config.t_scale).type_as(x)  # (B, min(D, 256))
 
+        # Sequence parallelism: the image and the caption streams (learned pad tokens included, as attention sees
+        # them) are each split across the SP group on their own, padded where they do not divide, rather than the
+        # caption replicated on every rank: each refiner then attends within its own sharded stream and the joint
+        # layers over both, and every layer but attention is per token, so the caption's refiner and MLPs split too.
+        # The layout's rotary tables and masks are split with the same shards (S ranks); at SP size 1 nothing moves.
+        shards = (SequenceShard.of(layout.padded_image_len), SequenceShard.of(max(layout.padded_caption_lens)))
+        image_shard, caption_shard = shards
+
         # Image stream: embed the patches, pad with the learned pad token, refine under the timestep.
         image = self.all_x_embedder[key](_patchify(x, patch_size, f_patch_size))  # (B, n, D)
         pad = self.x_pad_token.expand(batch, layout.padded_image_len - image.shape[1], -1)
-        image = torch.cat([image, pad], dim=1)  # (B, N, D)
+        image = image_shard.split(torch.cat([image, pad], dim=1))  # (B, N / S, D)
+        image_freqs = tuple(image_shard.split(table) for table in layout.image_freqs)
+        image_mask = streams_key_mask([image_shard], batch, x.device)  # images are one size: None unless SP pads
         for block in self.noise_refiner:
-            image = block(image, layout.image_freqs, cond=cond)  # images are one size: nothing to mask
+            image = block(image, image_freqs, image_mask, cond)
 
         # Caption stream: independent of the timestep, so its refined output is the same at every step.
-        captions = self._embed_captions(cap_feats, layout)  # (B, T, D)
+        captions = caption_shard.split(self._embed_captions(cap_feats, layout))  # (B, T / S, D)
+        caption_freqs = tuple(caption_shard.split(table, dim=0) for table in layout.caption_freqs)
+        caption_mask = streams_key_mask([caption_shard], batch, x.device, layout.caption_mask)
         for block in self.context_refiner:
-            captions = block(captions, layout.caption_freqs, layout.caption_mask)
+            captions = block(captions, caption_freqs, caption_mask)
 
-        # Joint stream [image | caption | batch padding]. Diffusers zeroes the batch padding here; ours keeps the
-        # (finite) refiner outputs there, which the masks keep out of every real token's result.
-        x_joint = torch.cat([image, captions], dim=1)  # (B, N + T, D)
+        # Joint stream [image | caption | batch padding], this rank's part of each. Diffusers zeroes the batch
+        # padding here; ours keeps the (finite) refiner outputs there, which the masks keep out of every real
+        # token's result.
+        x_joint = torch.cat([image, captions], dim=1)  # (B, N / S + T / S, D)
+        unified_freqs = tuple(split_streams(table, shards) for table in layout.unified_freqs)
+        unified_mask = streams_key_mask(shards, batch, x.device, layout.unified_mask)
         for block in self.layers:
-            x_joint = block(x_joint, layout.unified_freqs, layout.unified_mask, cond)
+            x_joint = block(x_joint, unified_freqs, unified_mask, cond)
 
-        # The final layer works per token, so only the real image tokens go through it.
-        out = self.all_final_layer[key](x_joint[:, : layout.image_len], cond)  # (B, n, pf * p * p * C)
+        # The final layer works per token, so only this rank's image tokens go through it (its learned pad tokens
+        # too: every rank's part must be as long for the gather); the image stream is gathered once after it, at
+        # its narrow width, and its real tokens kept.
+        out = self.all_final_layer[key](x_joint[:, : image_shard.local_length], cond)  # (B, N / S, pf * p * p * C)
+        out = image_shard.gather(out)[:, : layout.image_len]  # (B, n, pf * p * p * C)
         return _unpatchify(out, layout.grid, self.out_channels, patch_size, f_patch_size)
 
 
