@@ -2,6 +2,7 @@
 
 import torch
 
+from easel.runtime.distributed.parallel_vae import decode
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.base import PipelineStage
 from easel.runtime.server_args import ServerArgs
@@ -28,7 +29,7 @@ class DecodingStage(PipelineStage):
         if shift is not None:
             latents = latents + shift
         vae_param = next(self.vae.parameters())
-        image = self.vae.decode(latents.to(vae_param.device, vae_param.dtype), return_dict=False)[0]
+        image = decode(self.vae, latents.to(vae_param.device, vae_param.dtype))
         if image.dim() == 5 and image.shape[2] == 1:  # a video VAE decoding a still image: drop the frame axis
             image = image[:, :, 0]
         batch.output = (image.float() / 2 + 0.5).clamp(0, 1)  # (B, C, H, W)
