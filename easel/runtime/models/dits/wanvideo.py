@@ -17,16 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from easel.configs.models.dits.wanvideo import WanDitConfig
+from easel.runtime.distributed import SequenceShard, streams_key_mask
 from easel.runtime.layers import (
     ColumnParallelLinear,
     MLPEmbedder,
-    RMSNorm,
     RowParallelLinear,
     apply_rotary_emb,
     attention,
     multi_axis_rope_frequencies,
     timestep_embedding,
 )
+from easel.runtime.layers.attention import cross_attention
+from easel.runtime.layers.layernorm import ParallelRMSNorm
 from easel.runtime.layers.mlp import TanhGELUProjection
 
 ROPE_THETA = 10000.0
@@ -179,13 +181,14 @@ class WanAttention(nn.Module):
         self.to_v = ColumnParallelLinear(dim, dim)
         # A list so the key is `to_out.0`, as in Diffusers' checkpoints (its index 1 is a no-op dropout).
         self.to_out = nn.ModuleList([RowParallelLinear(dim, dim)])
-        # Normalized over the full width, so under tensor parallelism these need the all-head statistics.
-        self.norm_q = RMSNorm(dim, eps=eps)
-        self.norm_k = RMSNorm(dim, eps=eps)
+        # Normalized over the full width, all heads at once: under tensor parallelism each rank holds some of the
+        # heads, so the norms sum the squares over the TP group.
+        self.norm_q = ParallelRMSNorm(dim, eps=eps)
+        self.norm_k = ParallelRMSNorm(dim, eps=eps)
         if added_kv_proj_dim is not None:
             self.add_k_proj = ColumnParallelLinear(added_kv_proj_dim, dim)
             self.add_v_proj = ColumnParallelLinear(added_kv_proj_dim, dim)
-            self.norm_added_k = RMSNorm(dim, eps=eps)
+            self.norm_added_k = ParallelRMSNorm(dim, eps=eps)
 
     def forward(
         self,
@@ -193,9 +196,11 @@ class WanAttention(nn.Module):
         context: torch.Tensor | None = None,
         freqs_cis: FreqsCis | None = None,
         image_context: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, L, D) queries; context: (B, T, D) keys/values (None: self-attention over x); freqs_cis: rotary
-        (cos, sin) of x's positions, self-attention only; image_context: (B, N_img, D), I2V cross-attention only."""
+        (cos, sin) of x's positions, self-attention only; image_context: (B, N_img, D), I2V cross-attention only;
+        attn_mask: (B, L) key mask of self-attention, or None; only sequence parallelism's padding sets it."""
         split = (-1, self.head_dim)
         kv_source = x if context is None else context
         query = self.norm_q(self.to_q(x)).unflatten(-1, split)  # (B, L, H, hd)
@@ -205,12 +210,16 @@ class WanAttention(nn.Module):
             cos, sin = freqs_cis
             query, key = apply_rotary_emb(query, cos, sin), apply_rotary_emb(key, cos, sin)
 
-        out = attention(query, key, value).flatten(2).type_as(query)  # (B, L, D)
+        if context is None:
+            out = attention(query, key, value, attn_mask)  # the keys are every SP rank's video tokens
+        else:
+            out = cross_attention(query, key, value)  # the text is whole on every rank
+        out = out.flatten(2).type_as(query)  # (B, L, D)
         if image_context is not None:
             # Diffusers computes the image attention first and adds it to the text one; the sum is the same.
             image_key = self.norm_added_k(self.add_k_proj(image_context)).unflatten(-1, split)
             image_value = self.add_v_proj(image_context).unflatten(-1, split)
-            out = out + attention(query, image_key, image_value).flatten(2).type_as(query)
+            out = out + cross_attention(query, image_key, image_value).flatten(2).type_as(query)
         return self.to_out[0](out)
 
 
@@ -249,14 +258,18 @@ class WanTransformerBlock(nn.Module):
         image_context: torch.Tensor | None,
         timestep_proj: torch.Tensor,
         freqs_cis: FreqsCis,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: video tokens (B, L, D); context: text tokens (B, T, D); timestep_proj: (B, S, 6, D), S = 1 or L."""
+        """x: video tokens (B, L, D); context: text tokens (B, T, D); timestep_proj: (B, S, 6, D), S = 1 or L;
+        attn_mask: (B, L) self-attention key mask, or None."""
         # In float32, as Diffusers keeps the table (each vector (B, S, D), broadcast over tokens when S = 1).
         shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = (
             self.scale_shift_table[None] + timestep_proj.float()
         ).unbind(2)
 
-        attn_out = self.attn1(fp32_modulate(self.norm1, x, shift_msa, scale_msa), freqs_cis=freqs_cis)
+        attn_out = self.attn1(
+            fp32_modulate(self.norm1, x, shift_msa, scale_msa), freqs_cis=freqs_cis, attn_mask=attn_mask
+        )
         x = (x.float() + attn_out * gate_msa).type_as(x)
 
         x_norm = self.norm2(x.float()).type_as(x)
@@ -331,9 +344,18 @@ class WanTransformer3DModel(nn.Module):
 
         x = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
 
-        # One timestep per sample broadcasts over the tokens as a length-1 token axis.
-        if timestep.ndim == 1:
-            timestep = timestep[:, None]
+        # Sequence parallelism: the video tokens, self-attention's one stream, are split across the SP group (padded
+        # where they do not divide), with their rotary table. The text (and I2V's image) tokens are only keys and
+        # values of cross-attention: they stay whole on every rank, replicated rather than split, since they are
+        # short and each rank's queries then see every key with no communication. At SP size 1 nothing moves.
+        video = SequenceShard.of(x.shape[1])
+        x = video.split(x)  # (B, L / N, D)
+        freqs_cis = tuple(video.split(table, dim=0) for table in freqs_cis)  # each (L / N, head_dim)
+        attn_mask = streams_key_mask((video,), batch, x.device)  # None unless the video is padded
+
+        # One timestep per sample broadcasts over the tokens as a length-1 token axis; one per token follows its
+        # token to its rank.
+        timestep = timestep[:, None] if timestep.ndim == 1 else video.split(timestep)  # (B, 1 or L / N)
         temb, timestep_proj = self.condition_embedder(timestep, encoder_hidden_states.dtype)  # (B,S,D), (B,S,6,D)
         context = self.condition_embedder.text_embedder(encoder_hidden_states)  # (B, T, D)
         image_context = None
@@ -341,12 +363,13 @@ class WanTransformer3DModel(nn.Module):
             image_context = self.condition_embedder.image_embedder(encoder_hidden_states_image)  # (B, N_img, D)
 
         for block in self.blocks:
-            x = block(x, context, image_context, timestep_proj, freqs_cis)
+            x = block(x, context, image_context, timestep_proj, freqs_cis, attn_mask)
 
         # The output adaLN: (shift, scale), from temb itself rather than the block projection.
         shift, scale = (self.scale_shift_table[None] + temb[:, :, None]).unbind(2)  # each (B, S, D)
         x = fp32_modulate(self.norm_out, x, shift, scale)
-        x = self.proj_out(x)  # (B, L, p_t * p_h * p_w * C)
+        x = self.proj_out(x)  # (B, L / N, p_t * p_h * p_w * C)
+        x = video.gather(x)  # the whole video from every rank's part, once, at the narrowest width: (B, L, ...)
 
         # Unpatchify: (B, F', H', W', p_t, p_h, p_w, C) -> (B, C, F' p_t, H' p_h, W' p_w).
         x = x.reshape(batch, *grid, p_t, p_h, p_w, -1)
