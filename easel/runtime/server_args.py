@@ -31,6 +31,17 @@ class ServerArgs:
     log_level: str = "warning"
     enable_stage_verification: bool = True
     progress_bar: bool = True
+    # A parallel run (easel/runtime/distributed/layout.py completes and checks these): num_gpus ranks in all, laid out
+    # cfg x ring x ulysses x tp; unset degrees are chosen from the DiT's heads and whether requests use CFG.
+    num_gpus: int = 1
+    ulysses_degree: int | None = None
+    ring_degree: int | None = None
+    enable_cfg_parallel: bool = False
+    tp_size: int | None = None
+    # Several nodes without torchrun: each starts num_gpus / nnodes local ranks, meeting at dist_init_addr.
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None  # HOST:PORT of node 0
     # The loaded model's static configuration; the loader sets it, the standard stages call its callbacks.
     pipeline_config: PipelineConfig | None = None
 
