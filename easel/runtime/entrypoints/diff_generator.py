@@ -11,6 +11,7 @@ from easel.configs.sample.base import SamplingParams
 from easel.demo import DEMO_MODEL_PATH
 from easel.errors import InvalidInputError
 from easel.registry import ModelFamily
+from easel.runtime.distributed.parallel_state import get_layout, is_output_rank
 from easel.runtime.loader.pipeline_loader import load_pipeline
 from easel.runtime.outputs import check_writable, plan_output_paths, save_outputs, to_numpy, to_pil
 from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
@@ -52,13 +53,19 @@ class DiffGenerator:
     def from_pretrained(cls, model_path: str | Path = DEMO_MODEL_PATH, **server_args: Any) -> "DiffGenerator":
         """Loads a Diffusers-format folder (or a Hugging Face id); keyword arguments are `ServerArgs` fields.
 
-        Without a path, loads the built-in demo model: a tiny FLUX.1 trained on scenes of simple shapes.
+        Without a path, loads the built-in demo model: a tiny FLUX.1 trained on scenes of simple shapes. With
+        num_gpus > 1 (outside a parallel run's rank), starts that many ranks and returns their client, which sends them
+        every call (easel/runtime/distributed/rank_group.py); `close()` or a `with` block stops them.
         """
         known = {field.name for field in dataclasses.fields(ServerArgs)} - {"model_path", "pipeline_config"}
         if unknown := sorted(set(server_args) - known):
             raise InvalidInputError(f"unknown engine option(s) {unknown}; known: {sorted(known)}")
         args = ServerArgs(model_path=str(model_path), **server_args)
         logging.getLogger("easel").setLevel(args.log_level.upper())
+        if args.num_gpus > 1 and get_layout().world_size == 1:
+            from easel.runtime.distributed.rank_group import start_parallel_generator
+
+            return start_parallel_generator(args, server_args)
         start = time.perf_counter()
         pipeline, family, sampling_defaults = load_pipeline(args)
         logger.info("loaded %s (%s) in %.1f s", model_path, family.name, time.perf_counter() - start)
@@ -91,12 +98,21 @@ class DiffGenerator:
         if params.output_type == "latent":
             return GenerationResult(batch.output, timings)
         pil_outputs = to_pil(batch.output)
-        if paths:
-            paths = save_outputs(pil_outputs, paths, params.fps)
+        if paths:  # every rank of a parallel run checked the paths above; one writes the files
+            paths = save_outputs(pil_outputs, paths, params.fps) if is_output_rank() else []
         outputs = pil_outputs if params.output_type == "pil" else to_numpy(batch.output)
         if batch.output.dim() == 5:
             return GenerationResult([], timings, paths, frames=outputs)
         return GenerationResult(outputs, timings, paths)
+
+    def close(self) -> None:
+        """Releases the model's processes: nothing in one process; a parallel run's client stops its ranks."""
+
+    def __enter__(self) -> "DiffGenerator":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # --- LoRA adapters (easel/runtime/pipelines_core/lora_pipeline.py) -----------------------------------------
     def load_lora(
