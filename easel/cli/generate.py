@@ -59,6 +59,23 @@ def add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images, long videos")
     group.add_argument("--vae-slicing", action="store_true", help="decode one sample at a time")
     group.add_argument("--log-level", default="warning", help="debug, info, warning or error")
+    # A parallel run (README: multi-GPU); the layout defaults are chosen and printed at start.
+    group.add_argument(
+        "--num-gpus", type=int, default=1, help="ranks of a parallel run, one per GPU (on the CPU: processes)"
+    )
+    group.add_argument(
+        "--ulysses-degree", type=int, help="Ulysses sequence parallelism (default: as far as the heads divide)"
+    )
+    group.add_argument(
+        "--ring-degree", type=int, help="ring-attention sequence parallelism (default: the ranks left over)"
+    )
+    group.add_argument("--enable-cfg-parallel", action="store_true", help="CFG's two passes on two halves of the ranks")
+    group.add_argument("--tp-size", type=int, help="tensor parallelism (default 1)")
+    group.add_argument("--nnodes", type=int, default=1, help="nodes of a parallel run started without torchrun")
+    group.add_argument(
+        "--node-rank", type=int, default=0, help="this node's index, 0..nnodes-1 (node 0 takes the request)"
+    )
+    group.add_argument("--dist-init-addr", metavar="HOST:PORT", help="where the nodes meet: an address of node 0")
 
 
 def add_lora_path_argument(group: argparse._ArgumentGroup) -> None:
@@ -91,7 +108,20 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         "vae_tiling": args.vae_tiling,
         "vae_slicing": args.vae_slicing,
         "log_level": args.log_level,
+        **{name: getattr(args, name) for name in PARALLEL_OPTIONS},
     }
+
+
+PARALLEL_OPTIONS = (
+    "num_gpus",
+    "ulysses_degree",
+    "ring_degree",
+    "enable_cfg_parallel",
+    "tp_size",
+    "nnodes",
+    "node_rank",
+    "dist_init_addr",
+)
 
 
 def _lora_spec(text: str) -> tuple[str, float]:
@@ -115,12 +145,12 @@ def _assignment(text: str) -> tuple[str, object]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from easel import DiffGenerator  # imported here so that --help answers without loading torch
+    # Imported here so that --help answers without loading torch.
+    from easel import DiffGenerator
+    from easel.runtime.distributed.parallel_state import destroy_distributed, is_output_rank
+    from easel.runtime.distributed.rank_group import launch_options
 
-    generator = DiffGenerator.from_pretrained(model_path(args), output_dir=args.output_dir, **engine_options(args))
-    for path, strength in args.lora_path:
-        generator.load_lora(path, strength=strength)
-    result = generator.generate(
+    request = dict(
         prompt=args.prompt,
         image=args.image_path,
         negative_prompt=args.negative_prompt,
@@ -137,6 +167,20 @@ def run_generate(args: argparse.Namespace) -> int:
         output_path=args.output_path or args.output_dir,
         **dict(args.set),
     )
+    options = launch_options(model_path(args), {"output_dir": args.output_dir, **engine_options(args)}, request)
+    try:
+        with DiffGenerator.from_pretrained(model_path(args), **options) as generator:
+            if options["node_rank"] > 0:  # another node of a parallel run: its ranks follow node 0's calls
+                generator.wait()
+                return 0
+            for path, strength in args.lora_path:
+                generator.load_lora(path, strength=strength)
+            result = generator.generate(**request)
+        prints = is_output_rank()  # under torchrun, global rank 0 only
+    finally:
+        destroy_distributed()  # a rank of a world torchrun launched leaves it; otherwise nothing to do
+    if not prints:
+        return 0
     first = result.frames[0] if result.frames else result.images
     width, height = first[0].size
     size = f"{width}x{height}" + (f", {len(first)} frames" if result.frames else "")

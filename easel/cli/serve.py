@@ -48,6 +48,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.lora_dir is not None and not args.lora_dir.is_dir():
         raise InvalidInputError(f"--lora-dir {args.lora_dir} is not a folder")
+    if args.num_gpus > 1:  # a bad layout is one line and exit 2 here, before the server and its ranks start
+        from easel.runtime.distributed.layout import plan_layout
+        from easel.runtime.server_args import ServerArgs
+
+        plan_layout(ServerArgs(model_path=model_path(args), **engine_options(args)))
 
     settings = ServeSettings(
         model_path=model_path(args),
