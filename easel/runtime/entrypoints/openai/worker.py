@@ -10,9 +10,9 @@ import io
 import logging
 import os
 import signal
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from easel.errors import EaselError, InvalidInputError
 
@@ -132,7 +132,11 @@ def run_worker(
     results: Connection,
 ) -> None:
     """The worker process's main: load the model and the adapters `loras` (a `list_loras()` answer) describes, say
-    Ready (or LoadFailed), then serve jobs until told to stop (None)."""
+    Ready (or LoadFailed), then serve jobs until told to stop (None).
+
+    With --num-gpus N the generator is a parallel run's client (easel/runtime/distributed/rank_group.py): the worker
+    sends each job to rank 0, which broadcasts it to every rank. A rank that dies stops the run; the worker then
+    exits, and the front end restarts it as it restarts a worker that died."""
     # Ctrl-C (or a kill of the process group) reaches the worker too; the front end decides when it stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -146,14 +150,27 @@ def run_worker(
         results.send(LoadFailed(str(error) if isinstance(error, EaselError) else f"{type(error).__name__}: {error}"))
         return
     results.send(Ready(_model_info(generator), generator.list_loras()))
+    ranks = getattr(generator, "sentinels", [])  # a parallel run's ranks, watched while idle too
     while True:
+        if ranks and jobs not in wait([jobs, *ranks]):
+            logger.error("a rank of the parallel run died while it was idle; restarting the run")
+            _exit_now(generator)
         try:
             job = jobs.recv()
         except EOFError:  # the front end is gone
             return
         if job is None:
+            generator.close()
             return
         results.send(_run(generator, job, results) if isinstance(job, WorkerJob) else _run_lora(generator, job))
+        if getattr(generator, "stopped", None):  # a rank died during the job, which failed saying so
+            _exit_now(generator)
+
+
+def _exit_now(generator) -> NoReturn:
+    """Exits at once, so that the front end sees the worker gone (and restarts it) before it sends another job."""
+    generator.close()
+    os._exit(1)
 
 
 def _restore_loras(generator, loras: list[dict[str, Any]]) -> None:
@@ -271,6 +288,10 @@ def _active(generator) -> dict[str, float]:
 
 
 def _failed(job_id: str, error: Exception) -> Failed:
+    from easel.runtime.distributed.rank_group import RankGroupError
+
+    if isinstance(error, RankGroupError):  # a rank died: the server's fault, not the request's
+        return Failed(job_id, 500, str(error))
     if isinstance(error, EaselError):
         return Failed(job_id, 400, str(error))
     logger.exception("job %s failed", job_id)
