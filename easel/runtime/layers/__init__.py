@@ -3,6 +3,7 @@
 from easel.runtime.layers.attention import (
     attention,
     available_attention_backends,
+    cross_attention,
     project_qkv,
     set_attention_backend,
 )
@@ -10,6 +11,7 @@ from easel.runtime.layers.embeddings import MLPEmbedder, timestep_embedding
 from easel.runtime.layers.layernorm import (
     AdaLNContinuous,
     LayerNormScaleShift,
+    ParallelRMSNorm,
     RMSNorm,
     RMSNormCastBeforeWeight,
     RMSNormScaleShift,
@@ -32,6 +34,7 @@ __all__ = [
     "FeedForward",
     "LayerNormScaleShift",
     "MLPEmbedder",
+    "ParallelRMSNorm",
     "RMSNorm",
     "RMSNormCastBeforeWeight",
     "RMSNormScaleShift",
@@ -42,6 +45,7 @@ __all__ = [
     "modulate",
     "attention",
     "available_attention_backends",
+    "cross_attention",
     "multi_axis_rope_frequencies",
     "project_qkv",
     "polar_rope_frequencies",
