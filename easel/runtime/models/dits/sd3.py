@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from easel.configs.models.dits.sd3 import SD3DitConfig
+from easel.runtime.distributed import SequenceShard, streams_key_mask
 from easel.runtime.layers import (
     AdaLNContinuous,
     ColumnParallelLinear,
@@ -154,13 +155,14 @@ class SD3Attention(nn.Module):
         self.norm_added_k = RMSNormCastBeforeWeight(head_dim, eps=NORM_EPS) if qk_norm and text_stream else None
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Image-only: x (B, L, D) -> (B, L, D). Joint: x and the text tokens context (B, T, D) -> (image output,
-        text output or None for "pre_only")."""
+        text output or None for "pre_only"). attn_mask: (B, L) or (B, L + T) key mask of those keys, or None; only
+        sequence parallelism's padding sets it."""
         query, key, value = project_qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, self.head_dim)
         if context is None:
-            return self.to_out[0](attention(query, key, value).flatten(2))
+            return self.to_out[0](attention(query, key, value, attn_mask).flatten(2))
 
         context_qkv = project_qkv(
             context,
@@ -171,9 +173,9 @@ class SD3Attention(nn.Module):
             self.norm_added_k,
             self.head_dim,
         )
-        # Image tokens first (FLUX puts text first); attention is unmasked, so only the split below depends on it.
+        # Image tokens first (FLUX puts text first), as the mask has them.
         query, key, value = (torch.cat([s, c], dim=1) for s, c in zip((query, key, value), context_qkv, strict=True))
-        out = attention(query, key, value).flatten(2)  # (B, L + T, inner)
+        out = attention(query, key, value, attn_mask).flatten(2)  # (B, L + T, inner)
         out, context_out = out.split([x.shape[1], context.shape[1]], dim=1)
         # The halves are strided views, passed on as they are, like Diffusers, so kernels (and bf16 bits) agree.
         context_out = self.to_add_out(context_out) if self.to_add_out is not None else None
@@ -216,10 +218,16 @@ class SD3JointBlock(nn.Module):
             self.ff_context = FeedForward(dim)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, cond: torch.Tensor
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        cond: torch.Tensor,
+        joint_mask: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: image tokens (B, L, D); context: text tokens (B, T, D); cond: (B, D). Returns (x, context), context
-        None after the last block."""
+        """x: image tokens (B, L, D); context: text tokens (B, T, D); cond: (B, D); joint_mask (B, L + T) and
+        image_mask (B, L): the key masks of the joint and the image-only attention, or None. Returns (x, context),
+        context None after the last block."""
         x_norm, (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, *second) = self.norm1(x, cond)
         if self.context_pre_only:
             context_in = self.norm1_context(context, cond)
@@ -228,13 +236,13 @@ class SD3JointBlock(nn.Module):
                 context, cond
             )
             context_in = modulate(c_norm, c_shift_msa, c_scale_msa)
-        attn_out, context_attn_out = self.attn(modulate(x_norm, shift_msa, scale_msa), context_in)
+        attn_out, context_attn_out = self.attn(modulate(x_norm, shift_msa, scale_msa), context_in, joint_mask)
 
         # Gated residuals: the gates are (B, D), shared by all tokens of a sample.
         x = x + gate_msa[:, None] * attn_out
         if self.attn2 is not None:
             shift_msa2, scale_msa2, gate_msa2 = second
-            x = x + gate_msa2[:, None] * self.attn2(modulate(x_norm, shift_msa2, scale_msa2))
+            x = x + gate_msa2[:, None] * self.attn2(modulate(x_norm, shift_msa2, scale_msa2), attn_mask=image_mask)
         x = x + gate_mlp[:, None] * self.ff(self.norm2(x, shift_mlp, scale_mlp))
         if self.context_pre_only:
             return x, None
@@ -305,15 +313,26 @@ class SD3Transformer2DModel(nn.Module):
         patch = self.config.patch_size
         skip = frozenset(skip_layers or ())
 
-        x = self.pos_embed(hidden_states)  # (B, L, D), L = (H/p) * (W/p)
+        # (B, L, D), L = (H/p) * (W/p); the position table is added to the whole grid, before the split below.
+        x = self.pos_embed(hidden_states)
         cond = self.time_text_embed(timestep, pooled_projections)  # (B, D)
         context = self.context_embedder(encoder_hidden_states)  # (B, T, D)
 
+        # Sequence parallelism: image and text tokens are both split across the SP group, each stream on its own
+        # (padded where it does not divide), rather than the text replicated: every block is per-token but for
+        # attention, which then needs no notion of streams, and the text's MLPs split too. At SP size 1 nothing moves.
+        shards = (SequenceShard.of(x.shape[1]), SequenceShard.of(context.shape[1]))  # image first, as in attention
+        x, context = shards[0].split(x), shards[1].split(context)  # (B, L / N, D), (B, T / N, D)
+        # The key masks of the joint and the image-only (SD3.5's attn2) attention: None unless a stream is padded.
+        joint_mask = streams_key_mask(shards, batch, x.device)
+        image_mask = streams_key_mask(shards[:1], batch, x.device)
+
         for index, block in enumerate(self.transformer_blocks):
             if index not in skip:  # a skipped block passes both streams through unchanged
-                x, context = block(x, context, cond)
+                x, context = block(x, context, cond, joint_mask, image_mask)
 
-        x = self.proj_out(self.norm_out(x, cond))  # (B, L, p * p * C)
+        x = self.proj_out(self.norm_out(x, cond))  # (B, L / N, p * p * C)
+        x = shards[0].gather(x)  # the whole image from every rank's part, once, at the narrowest width
         # Unpatchify: token (i, j) holds the p x p patch at rows i*p.., columns j*p.., channels last.
         x = x.reshape(batch, height // patch, width // patch, patch, patch, self.out_channels)
         x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, H/p, p, W/p, p)
