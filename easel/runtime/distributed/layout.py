@@ -100,6 +100,17 @@ def layout_options(layout: ParallelLayout) -> dict[str, Any]:
     }
 
 
+def asks_parallel(server_args: ServerArgs) -> bool:
+    """Whether any parallel option is set: then the layout is planned (and checked), even at --num-gpus 1."""
+    degrees = (server_args.ulysses_degree, server_args.ring_degree, server_args.tp_size)
+    return (
+        server_args.num_gpus != 1
+        or server_args.nnodes != 1
+        or server_args.enable_cfg_parallel
+        or any(degree not in (None, 1) for degree in degrees)
+    )
+
+
 def plan_layout(
     server_args: ServerArgs, request: dict[str, Any] | None = None, local_ranks: int | None = None
 ) -> ParallelLayout:

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from easel.errors import EaselError, InvalidInputError
-from easel.runtime.distributed.layout import describe, layout_options, plan_layout, rank_devices
+from easel.runtime.distributed.layout import asks_parallel, describe, layout_options, plan_layout, rank_devices
 from easel.runtime.distributed.parallel_state import (
     ParallelLayout,
     destroy_distributed,
@@ -256,20 +256,31 @@ class RankGroup:
                 _send(self._calls, ("call", method, kwargs))
             except OSError:
                 pass  # rank 0 is dying: the wait below says how
-            callback_error = None
-            while True:
-                _, message = self._next_message(f"running {method}")
-                if message[0] == "progress" and on_progress is not None and callback_error is None:
-                    try:
-                        on_progress(*message[1:])
-                    except Exception as error:  # the ranks run on: raised once they are done
-                        callback_error = error
-                elif message[0] == "result":
-                    if callback_error is not None:
-                        raise callback_error
-                    return message[1]
-                elif message[0] == "error":
-                    raise message[1]
+            try:
+                return self._answer(method, on_progress)
+            except KeyboardInterrupt:  # the ranks are mid-call, deaf to a stop: kill them now rather than later
+                self._stopped = f"interrupted while running {method}"
+                for process in self.processes:
+                    process.kill()
+                self._finalizer()
+                raise
+
+    def _answer(self, method: str, on_progress: Callable[[int, int], None] | None) -> Any:
+        """Rank 0's answer to the call just sent, passing its progress on."""
+        callback_error = None
+        while True:
+            _, message = self._next_message(f"running {method}")
+            if message[0] == "progress" and on_progress is not None and callback_error is None:
+                try:
+                    on_progress(*message[1:])
+                except Exception as error:  # the ranks run on: raised once they are done
+                    callback_error = error
+            elif message[0] == "result":
+                if callback_error is not None:
+                    raise callback_error
+                return message[1]
+            elif message[0] == "error":
+                raise message[1]
 
     def wait(self) -> None:
         """Blocks until this node's ranks have left the run (another node's parent closed it)."""
@@ -458,6 +469,6 @@ def launch_options(model_path: str, options: dict[str, Any], request: dict[str, 
         if is_output_rank():
             print(describe(layout), file=sys.stderr, flush=True)
         return {**options, **layout_options(layout), "device": device, "progress_bar": is_output_rank()}
-    if server_args.num_gpus > 1:
+    if asks_parallel(server_args):
         return {**options, **layout_options(plan_layout(server_args, request))}
     return options
