@@ -114,7 +114,7 @@ def test_a_ulysses_degree_that_does_not_divide_the_heads_suggests_ring():
         (["--num-gpus", "64", "--device", "cuda"], "this node is asked to run 64 GPU ranks, but"),
         (["--num-gpus", "2", "--nnodes", "2"], "--nnodes > 1 needs --dist-init-addr"),
         (["--num-gpus", "2", "--device", "cuda:1"], "--device must be auto, cuda or cpu"),
-        (["--ulysses-degree", "2"], "= 2 ranks, not --num-gpus 1"),  # a degree alone is not silently ignored
+        (["--ulysses-degree", "2"], "= 2 do not divide --num-gpus 1"),  # a degree alone is not silently ignored
     ],
 )
 def test_cli_bad_layout_is_one_line_and_exit_2(model_paths, tmp_path, capsys, flags, message):
