@@ -282,6 +282,18 @@ def test_cli_num_gpus_writes_the_image_once(model_paths, single_png, tmp_path, c
     assert np.abs(_only_png(tmp_path) - single_png).max() <= 1  # one 8-bit level for 1e-4 rounding either way
 
 
+def test_cli_error_raised_in_the_ranks_is_one_line(model_paths, tmp_path, capfd):
+    """A missing LoRA file is found by the ranks, not before: still one line and exit 2, nothing written."""
+    missing = tmp_path / "missing.safetensors"
+    args = ["generate", "--model-path", model_paths["flux"], *CLI_REQUEST, "--output-path", str(tmp_path / "out")]
+    assert main([*args, "--num-gpus", "2", "--lora-path", str(missing)]) == 2
+    out, err = capfd.readouterr()
+    lines = err.splitlines()
+    assert out == "" and lines[0].startswith("easel: 2 ranks as ") and len(lines) == 2, err
+    assert lines[1].startswith("easel: error: ") and str(missing) in lines[1]
+    assert not (tmp_path / "out").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
