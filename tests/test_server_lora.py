@@ -121,13 +121,18 @@ def test_several_adapters_and_a_requests_own_choice_does_not_leak(http, images):
     assert http.get("/v1/list_loras").json()["active"] == {"style": 0.7, "detail": 0.5}
 
 
+def _levels_apart(image: np.ndarray, other: np.ndarray) -> int:
+    return int(np.abs(image.astype(int) - other.astype(int)).max())
+
+
 def test_merge_then_unmerge(http, images):
     merged = _post(http, "/v1/merge_lora_weights")
     assert merged["merged"] is True and all(lora["merged"] for lora in merged["data"])
-    # Merged weights round differently from the run-time path: close, not equal.
-    difference = np.abs(_generate(http).astype(int) - images["both"].astype(int))
-    assert difference.max() <= 2, difference.max()
-    np.testing.assert_array_equal(_generate(http, lora={"style": 0.8}), images["style"])  # re-merged for it
+    # Merged weights round differently from the run-time path: close, not equal (and closer to the adapters asked
+    # for than to any other choice).
+    assert _levels_apart(_generate(http), images["both"]) <= 2
+    remerged = _generate(http, lora={"style": 0.8})  # re-merged for it
+    assert _levels_apart(remerged, images["style"]) <= 2 < _levels_apart(remerged, images["both"])
     assert _post(http, "/v1/unmerge_lora_weights")["merged"] is False
     np.testing.assert_array_equal(_generate(http), images["both"])
 
