@@ -25,6 +25,7 @@ from easel.runtime.distributed.launch import run_on_ranks
 from easel.runtime.distributed.layout import resolve_layout
 from easel.runtime.distributed.rank_group import FAULT_VARIABLE, RankGroupError
 from easel.testing.sd3 import TINY_SD3_SKIP_GUIDANCE_LAYERS
+from tests.server_fixtures import process_alive
 
 TOLERANCE = 1e-4  # max abs pixel difference, CPU fp32
 VIDEO = {"num_frames": 9, "num_inference_steps": 2, "negative_prompt": "blurry", "guidance_scale": 5.0}
@@ -227,14 +228,6 @@ def test_another_prompt_moves_the_output(model_paths, single, kind):
 
 
 # --- the Python API -------------------------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_python_api_runs_calls_on_the_ranks_and_a_killed_rank_stops_them(
     model_paths, single, tmp_path, capfd, monkeypatch
 ):
@@ -273,7 +266,7 @@ def test_python_api_runs_calls_on_the_ranks_and_a_killed_rank_stops_them(
             generator.generate(KILL_PROMPT, **{**MODELS["flux"], "num_inference_steps": 4})
         print(f"PARALLEL KILL: rank 1 killed at step 2, caller raised after {time.monotonic() - started:.2f} s")
         assert time.monotonic() - started < 60
-        assert not any(_alive(pid) for pid in pids)
+        assert not any(process_alive(pid) for pid in pids)
         with pytest.raises(RankGroupError, match="this parallel run has stopped"):
             generator.generate(PROMPT)
     finally:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from easel import DiffGenerator
-from tests.server_fixtures import ServerProcess
+from tests.server_fixtures import ServerProcess, process_alive
 
 SMALL = {"num_inference_steps": 2, "seed": 5}  # with size="64x64": milliseconds on the tiny model
 
@@ -35,14 +35,6 @@ def _ranks_of(worker_pid: int) -> list[int]:
         if parent == worker_pid and "spawn_main" in command:
             ranks.append(int(entry))
     return sorted(ranks)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +85,12 @@ def test_a_rank_killed_mid_request_fails_it_and_the_ranks_restart(server):
 
     back = server.wait_health(lambda body: body["status"] == "ok" and body["restarts"] == 1, timeout=120)
     assert back["worker_pid"] != old_worker
-    assert not any(_alive(pid) for pid in [old_worker, *old_ranks])  # the whole old run is gone
+    assert not any(process_alive(pid) for pid in [old_worker, *old_ranks])  # the whole old run is gone
     new_ranks = _ranks_of(back["worker_pid"])
     assert len(new_ranks) == 2
     assert len(client.images.generate(prompt="a cat", size="64x64", extra_body=SMALL).data) == 1
     server.stop()
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in new_ranks) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in new_ranks) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in new_ranks), "a rank outlived its server"
+    assert not any(process_alive(pid) for pid in new_ranks), "a rank outlived its server"
