@@ -8,7 +8,8 @@ Measured part: the ~70 M-parameter FLUX DiT at 512x512 (1024 image + 512 text to
 DiT at 17x256x256 (1280 video tokens, 512 text tokens), random weights, fp32. One process with 2 threads against
 2 processes with 1 thread each (gloo), per layout: Ulysses 2, ring 2, CFG 2 (a step = the conditional and the
 unconditional pass, as with classifier-free guidance), TP 2. Each layout runs its timed steps in one launch; the
-efficiency is T(1 process) / T(2 processes) of the medians, 1.0 being perfect on the same two cores.
+efficiency is T(1 process) / T(2 processes) of the medians, 1.0 being perfect on the same two cores; the
+one-process steps are timed again just before each layout.
 
 Predicted part: for FLUX.1-dev at 1024x1024 (one pass a step: guidance-distilled) and Wan2.1-14B at 720p (two
 passes a step: CFG), the bytes one rank sends per step for each layout at degree 2/4/8, computed from the shapes
@@ -132,20 +133,19 @@ def _time_steps(case: CpuCase, weights: str, with_cfg: bool, runs: int) -> list[
 
 
 def measure(case: CpuCase, runs: int) -> list[tuple[str, float, float, float]]:
-    """(layout, T one process, T two processes, efficiency) for every layout."""
+    """(layout, T one process, T two processes, efficiency) for every layout. Each layout's one-process steps are
+    timed right before it, so that a machine that speeds up or slows down over the run moves both alike."""
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         weights = str(Path(scratch) / "weights.pt")
         torch.save(case.build().state_dict(), weights)
-        single = {
-            cfg: statistics.median(run_on_ranks(_time_steps, ParallelLayout(), case, weights, cfg, runs, threads=2)[0])
-            for cfg in (False, True)
-        }
         for name, layout in LAYOUTS.items():
             with_cfg = layout.cfg > 1
+            one = run_on_ranks(_time_steps, ParallelLayout(), case, weights, with_cfg, runs, threads=2)[0]
             per_rank = run_on_ranks(_time_steps, layout, case, weights, with_cfg, runs, threads=1)
+            single = statistics.median(one)
             parallel = statistics.median(max(times) for times in zip(*per_rank, strict=True))
-            rows.append((name, single[with_cfg], parallel, single[with_cfg] / parallel))
+            rows.append((name, single, parallel, single / parallel))
             print(f"  {case.name} {name}: measured", flush=True)
     return rows
 
