@@ -194,7 +194,9 @@ class FullModel:
             per_pass = sum(count * tokens * self.dim * BYTES for count, tokens in self.all_reduces)
             per_pass *= 2 * (degree - 1) / degree
         else:  # cfg: one all-gather of the prediction, the rest of the degree as Ulysses
-            return self.step_bytes("ulysses", degree // 2) + self.tokens * 64 * BYTES  # ~64 output channels a token
+            # Each CFG half runs one of the step's passes: its Ulysses traffic is that of one pass.
+            ulysses_one_pass = self.step_bytes("ulysses", degree // 2) / self.passes_per_step
+            return ulysses_one_pass + self.tokens * 64 * BYTES  # the prediction: ~64 output channels a token
         passes = self.passes_per_step
         return per_pass * passes
 

@@ -49,7 +49,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.lora_dir is not None and not args.lora_dir.is_dir():
         raise InvalidInputError(f"--lora-dir {args.lora_dir} is not a folder")
     degrees = (args.ulysses_degree, args.ring_degree, args.tp_size)
-    if args.num_gpus != 1 or args.nnodes != 1 or args.enable_cfg_parallel or any(degrees):
+    if args.num_gpus != 1 or args.nnodes != 1 or args.enable_cfg_parallel or any(d not in (None, 1) for d in degrees):
         # A bad layout is one line and exit 2 here, before the server and its ranks start (torch only then).
         from easel.runtime.distributed.layout import plan_layout
         from easel.runtime.server_args import ServerArgs

@@ -4,7 +4,7 @@ The parallel layers themselves live in the layer library (`easel.runtime.layers`
 under sequence parallelism, `ColumnParallelLinear` / `RowParallelLinear` shard under tensor parallelism.
 """
 
-from easel.runtime.distributed.communication import all_gather, all_reduce, all_to_all, broadcast_object
+from easel.runtime.distributed.communication import all_gather, all_reduce, all_to_all
 from easel.runtime.distributed.parallel_state import (
     ParallelLayout,
     destroy_distributed,
@@ -30,7 +30,6 @@ __all__ = [
     "all_gather",
     "all_reduce",
     "all_to_all",
-    "broadcast_object",
     "destroy_distributed",
     "get_cfg_rank",
     "get_cfg_world_size",

@@ -8,9 +8,12 @@ import torch.distributed as dist
 
 from easel.runtime.distributed.parallel_state import get_group, get_group_size
 
+# torch 2.13 names it all_gather_single; earlier releases only all_gather_into_tensor (now its deprecated alias).
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 def all_reduce(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The sum of x over the group."""
+    """The sum of x over the group; x's own storage may be reused for it, so pass a tensor nothing else reads."""
     if get_group_size(kind) == 1:
         return x
     x = x.contiguous()
@@ -26,7 +29,7 @@ def all_gather(x: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
     dim = dim % x.dim()
     x = x.movedim(dim, 0).contiguous()
     out = x.new_empty((size * x.shape[0], *x.shape[1:]))
-    dist.all_gather_single(out, x, group=get_group(kind))
+    _all_gather_single(out, x, group=get_group(kind))
     return out.movedim(0, dim)
 
 
@@ -45,12 +48,3 @@ def all_to_all(x: torch.Tensor, kind: str, scatter_dim: int, gather_dim: int) ->
     # received[i] is rank i's chunk: put the ranks along gather_dim.
     received = received.movedim(1, scatter_dim + 1)  # (size, ..., chunk at scatter_dim, ...)
     return received.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)
-
-
-def broadcast_object(obj, src: int = 0):
-    """Rank `src`'s Python object on every rank of the world."""
-    if get_group_size("world") == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, group=get_group("world"))
-    return box[0]

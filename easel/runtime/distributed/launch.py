@@ -3,7 +3,7 @@
 `run_on_ranks(fn, layout, *args)` spawns one process per rank of `layout`, joins them into one world with a
 `file://` rendezvous (no port), calls `fn(*args)` on each after `init_distributed`, and returns every rank's result
 in rank order. `fn` must be a module-level function (it is pickled into the children). Tests and benchmarks use it
-on the CPU; `easel generate --num-gpus` starts its ranks the same way.
+on the CPU; `easel generate --num-gpus` and the Python API drive long-lived ranks through `rank_group` instead.
 """
 
 import os

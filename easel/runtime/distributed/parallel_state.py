@@ -2,7 +2,8 @@
 
 The world is laid out as cfg x ring x ulysses x tp, tp innermost: rank = ((c * R + r) * U + u) * T + t. Consecutive
 ranks are the nearest devices (one node's GPUs, NVLink), so the chattiest groups get them: tensor parallelism
-all-reduces full activations twice per block, Ulysses exchanges all-to-alls once per attention, ring attention passes
+all-reduces full activations after every row-parallel layer (three or four times a block), Ulysses exchanges
+all-to-alls once per attention, ring attention passes
 K/V blocks that overlap with compute, and CFG parallelism sends one prediction per step, so it may span nodes.
 
 The sequence-parallel (SP) group is ring x ulysses: the ranks that share one sequence, each holding a shard of it,
@@ -34,19 +35,12 @@ class ParallelLayout:
     def world_size(self) -> int:
         return self.cfg * self.ring * self.ulysses * self.tp
 
-    @property
-    def sp(self) -> int:
-        return self.ring * self.ulysses
-
     def coordinates(self, rank: int) -> tuple[int, int, int, int]:
         """(cfg, ring, ulysses, tp) index of a global rank."""
         rank, t = divmod(rank, self.tp)
         rank, u = divmod(rank, self.ulysses)
         c, r = divmod(rank, self.ring)
         return c, r, u, t
-
-    def rank_of(self, c: int, r: int, u: int, t: int) -> int:
-        return ((c * self.ring + r) * self.ulysses + u) * self.tp + t
 
     def describe(self) -> str:
         return f"cfg {self.cfg} x ring {self.ring} x ulysses {self.ulysses} x tp {self.tp}"
@@ -106,9 +100,12 @@ def init_distributed(
             f"{layout.world_size}"
         )
     _STATE = _State(layout=layout, rank=dist.get_rank())
-    # Every rank must create every group, in the same order, even those it is not in.
+    # Every rank must create every group, in the same order, even those it is not in; groups of one rank are left
+    # out (every rank skips the same ones), their accessors answering size 1 as at world size 1.
     for kind in GROUP_KINDS:
         for ranks in _group_ranks(layout, kind):
+            if len(ranks) == 1:
+                continue
             group = dist.new_group(list(ranks), timeout=timeout)
             if _STATE.rank in ranks:
                 _STATE.groups[kind] = _Group(group, len(ranks), ranks.index(_STATE.rank), ranks)
@@ -141,8 +138,11 @@ def get_world_rank() -> int:
     return _STATE.rank
 
 
+_SOLO = _Group()  # what a rank alone in a group (or in the world) sees
+
+
 def _group(kind: str) -> _Group:
-    return _STATE.groups.get(kind) or _Group()
+    return _STATE.groups.get(kind, _SOLO)
 
 
 def get_group(kind: str) -> dist.ProcessGroup | None:

@@ -26,7 +26,8 @@ def _torch_sdpa(
     return out.transpose(1, 2)  # (B, L, H, D)
 
 
-# This registry is the seam where flash-attn kernels plug in; sequence parallelism wraps whichever is active.
+# This registry is the seam where flash-attn kernels plug in. Ulysses wraps whichever is active; ring attention runs
+# PyTorch's kernels that return the log-sum-exp it merges by (`parallel_attention.attention_with_lse`).
 _BACKENDS: dict[str, AttentionBackend] = {"torch_sdpa": _torch_sdpa}
 _active_backend = "torch_sdpa"
 
@@ -56,12 +57,9 @@ def attention(
     Under sequence parallelism the tensors hold this rank's tokens (`easel.runtime.distributed.SequenceShard`) and
     the keys are every rank's: Ulysses and/or ring attention (`parallel_attention`) around the active backend.
     """
-    backend = _BACKENDS[_active_backend]
     if get_sp_world_size() > 1:
-        return sequence_parallel_attention(query, key, value, attn_mask, backend)
-    if attn_mask is None:
-        return backend(query, key, value)
-    return backend(query, key, value, attn_mask=attn_mask)
+        return sequence_parallel_attention(query, key, value, attn_mask, _BACKENDS[_active_backend])
+    return cross_attention(query, key, value, attn_mask)  # one process: the keys are all here
 
 
 def cross_attention(

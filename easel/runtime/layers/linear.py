@@ -46,13 +46,10 @@ def _shard_dim(full: torch.Tensor, dim: int, segments: tuple[int, ...]) -> torch
 
 
 class ColumnParallelLinear(nn.Linear):
-    """Shards the output features (rows of `weight`) across TP ranks; each rank outputs its own features.
+    """Shards the output features (rows of `weight`) across TP ranks; each rank outputs its own features."""
 
-    segments: widths of output blocks that are sharded each on its own (a fused q|k|v); default one block.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, segments: Sequence[int] | None = None):
-        self.segments = _split_width(out_features, segments, "output")
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        self.segments = _split_width(out_features, None, "output")
         super().__init__(in_features, out_features // get_tp_world_size(), bias)
         self.full_features = (in_features, out_features)
 

@@ -44,7 +44,10 @@ def attention_with_lse(
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (B, H, L, D)
     bias = None
     if key_mask is not None:
-        bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~key_mask, float("-inf"))
+        batch, keys = key_mask.shape
+        # Stored padded to 16 keys a row: CUDA's kernel wants each sample's bias rows aligned.
+        storage = torch.zeros(batch, -(-keys // 16) * 16, dtype=q.dtype, device=q.device)
+        bias = storage[:, :keys].masked_fill_(~key_mask, float("-inf"))  # in place: the view keeps the row stride
         bias = bias[:, None, None, :].expand(-1, q.shape[1], q.shape[2], -1)  # (B, H, L_q, L_k)
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)[:2]
@@ -54,10 +57,9 @@ def attention_with_lse(
     else:
         return attention_with_lse_reference(query, key, value, key_mask)
     if key_mask is not None:  # rows with every key masked: 0 and -inf, as the reference has them
-        empty = ~key_mask.any(dim=1)  # (B,)
-        if empty.any():
-            out = out.masked_fill(empty[:, None, None, None], 0.0)
-            lse = lse.masked_fill(empty[:, None, None], float("-inf"))
+        empty = ~key_mask.any(dim=1)  # (B,); applied whether or not any is, so the GPU never waits on the host
+        out = out.masked_fill(empty[:, None, None, None], 0.0)
+        lse = lse.masked_fill(empty[:, None, None], float("-inf"))
     return out.transpose(1, 2), lse.float()
 
 

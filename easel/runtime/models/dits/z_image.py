@@ -436,10 +436,11 @@ class ZImageTransformer2DModel(nn.Module):
         for block in self.layers:
             x_joint = block(x_joint, unified_freqs, unified_mask, cond)
 
-        # The final layer works per token, so only this rank's image tokens go through it (its learned pad tokens
-        # too: every rank's part must be as long for the gather); the image stream is gathered once after it, at
-        # its narrow width, and its real tokens kept.
-        out = self.all_final_layer[key](x_joint[:, : image_shard.local_length], cond)  # (B, N / S, pf * p * p * C)
+        # The final layer works per token, so only the real image tokens go through it; under SP, this rank's part
+        # of the image stream, pad tokens included (every rank's part must be as long for the gather), gathered once
+        # after it, at its narrow width.
+        local_image = x_joint[:, : image_shard.local_length if image_shard.size > 1 else layout.image_len]
+        out = self.all_final_layer[key](local_image, cond)  # (B, N / S, pf * p * p * C)
         out = image_shard.gather(out)[:, : layout.image_len]  # (B, n, pf * p * p * C)
         return _unpatchify(out, layout.grid, self.out_channels, patch_size, f_patch_size)
 
