@@ -117,3 +117,19 @@ def process_alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def start_long_request(client: openai.OpenAI) -> tuple[threading.Thread, dict]:
+    """A generation that runs far longer than any test waits (1000 steps at 512x512), in a thread; the dict gets
+    the APIStatusError it ends with under "error"."""
+    outcome: dict = {}
+
+    def long_request() -> None:
+        try:
+            client.images.generate(prompt="a long one", size="512x512", extra_body={"num_inference_steps": 1000})
+        except openai.APIStatusError as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    return thread, outcome

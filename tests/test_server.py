@@ -8,7 +8,6 @@ import io
 import os
 import signal
 import statistics
-import threading
 import time
 
 import httpx
@@ -16,7 +15,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.server_fixtures import ServerProcess, error_of
+from tests.server_fixtures import ServerProcess, error_of, start_long_request
 
 API_KEY = "sk-easel-test"
 FAULT_PROMPT = "please fail inside the pipeline"
@@ -167,17 +166,7 @@ def test_metrics(server, http):
 
 
 def test_worker_killed_mid_request_fails_it_and_restarts(server, client):
-    # 1000 steps at 512x512 keep the worker busy for far longer than the test waits.
-    outcome = {}
-
-    def long_request():
-        try:
-            client.images.generate(prompt="a long one", size="512x512", extra_body={"num_inference_steps": 1000})
-        except openai.APIStatusError as error:
-            outcome["error"] = error
-
-    thread = threading.Thread(target=long_request)
-    thread.start()
+    thread, outcome = start_long_request(client)
     busy = server.wait_health(lambda body: body["running"] == 1)
     start = time.perf_counter()
     assert server.health().status_code == 200 and time.perf_counter() - start < 1  # /health does not wait

@@ -5,16 +5,14 @@ import base64
 import io
 import os
 import signal
-import threading
 import time
 
 import numpy as np
-import openai
 import pytest
 from PIL import Image
 
 from easel import DiffGenerator
-from tests.server_fixtures import ServerProcess, process_alive
+from tests.server_fixtures import ServerProcess, process_alive, start_long_request
 
 SMALL = {"num_inference_steps": 2, "seed": 5}  # with size="64x64": milliseconds on the tiny model
 
@@ -63,16 +61,7 @@ def test_a_rank_killed_mid_request_fails_it_and_the_ranks_restart(server):
     client = server.client()
     old_worker = server.health().json()["worker_pid"]
     old_ranks = _ranks_of(old_worker)
-    outcome = {}
-
-    def long_request():  # 1000 steps at 512x512 keep the ranks busy for far longer than the test waits
-        try:
-            client.images.generate(prompt="a long one", size="512x512", extra_body={"num_inference_steps": 1000})
-        except openai.APIStatusError as error:
-            outcome["error"] = error
-
-    thread = threading.Thread(target=long_request)
-    thread.start()
+    thread, outcome = start_long_request(client)
     server.wait_health(lambda body: body["running"] == 1)
     time.sleep(0.5)  # inside the denoising loop
     started = time.monotonic()
