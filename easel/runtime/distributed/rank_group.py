@@ -284,8 +284,10 @@ class RankGroup:
 
     def wait(self) -> None:
         """Blocks until this node's ranks have left the run (another node's parent closed it)."""
-        while any(process.is_alive() for process in self.processes):
-            wait([process.sentinel for process in self.processes if process.is_alive()])
+        # One look at who is alive per round: a rank that exits between two looks would leave wait() an empty
+        # list, which blocks forever; a listed rank that exits makes its sentinel ready.
+        while alive := [process for process in self.processes if process.is_alive()]:
+            wait([process.sentinel for process in alive])
         if failed := [i for i, process in enumerate(self.processes) if process.exitcode]:
             raise RankGroupError(f"{self._describe_exit(failed[0])}; the parallel run has stopped")
 
