@@ -7,6 +7,7 @@ import torch
 
 from easel.configs.pipeline_configs.base import PipelineConfig
 from easel.errors import InvalidInputError
+from easel.runtime.cache.spec import parse_cache_spec
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPONENT_KINDS = ("dit", "vae", "text_encoder")
@@ -23,6 +24,7 @@ class ServerArgs:
     vae_precision: str = "auto"
     text_encoder_precision: str = "auto"
     attention_backend: str = "torch_sdpa"
+    cache: str = "none"  # the step-cache spec of requests that give none (easel/runtime/cache/spec.py)
     # Decode (and encode) in tiles, and one sample at a time, so that long or large videos do not need every
     # full-resolution frame in memory at once (Diffusers' VAE tiling and slicing).
     vae_tiling: bool = False
@@ -52,6 +54,7 @@ class ServerArgs:
                 raise InvalidInputError(
                     f"{kind}_precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}"
                 )
+        parse_cache_spec(self.cache)  # a bad spec fails at start-up, not at the first request
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise InvalidInputError(f"unknown log level {self.log_level!r}")
 

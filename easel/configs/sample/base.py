@@ -26,6 +26,8 @@ class SamplingParams:
     image: Any = None  # input image(s) of image-conditioned models: a path, a PIL image, or a list of them
     output_path: str | None = None  # a file name, or a folder that gets generated names
     output_format: str = "png"
+    # A step-cache spec such as "dbcache:threshold=0.2" or a preset (easel/runtime/cache/spec.py); None: the engine's.
+    cache: str | None = None
 
     def updated(self, **overrides) -> "SamplingParams":
         """A copy with the given fields replaced; `None` values keep the default."""

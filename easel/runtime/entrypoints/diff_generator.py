@@ -7,16 +7,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from easel.configs.sample.base import SamplingParams
 from easel.demo import DEMO_MODEL_PATH
 from easel.errors import InvalidInputError
+from easel.quality import QualityReport, compare
 from easel.registry import ModelFamily
+from easel.runtime.cache import parse_cache_spec
 from easel.runtime.distributed.parallel_state import get_layout, is_output_rank
 from easel.runtime.loader.pipeline_loader import load_pipeline
 from easel.runtime.outputs import check_writable, plan_output_paths, save_outputs, to_numpy, to_pil
 from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.server_args import ServerArgs
+
+# The sampling parameters that turn every lossy speed option off: the exact path a quality check compares with.
+EXACT_PATH = {"cache": "none"}
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,10 @@ class GenerationResult:
     paths: list[Path] = dataclasses.field(default_factory=list)
     # Video models: one list of PIL frames per video ("pil"), or a (N, F, H, W, 3) float array ("np").
     frames: Any = None
+    # What the step cache did, when one ran: {"spec": ..., "branches": {name: {"computed": n, "skipped": m}}}.
+    cache: dict[str, Any] | None = None
+    # With quality_check=True: this output against the exact path's with the same seed.
+    quality: QualityReport | None = None
 
 
 class DiffGenerator:
@@ -76,11 +87,16 @@ class DiffGenerator:
         prompt: str | list[str] | None = None,
         *,
         step_callback: Callable[[int, int], None] | None = None,
+        quality_check: bool = False,
         **sampling_params: Any,
     ) -> GenerationResult:
         """Generates images (or videos) for `prompt`; other keyword arguments are `SamplingParams` fields.
-        `step_callback(steps done, steps in all)` is called after every denoising step."""
+        `step_callback(steps done, steps in all)` is called after every denoising step. `quality_check=True` also
+        runs the exact path (no lossy option) with the same seed and sets `quality` to the comparison."""
         params = self.sampling_defaults.updated(prompt=prompt, **sampling_params)
+        parse_cache_spec(params.cache)  # a bad spec fails before any work
+        if quality_check and params.output_type == "latent":
+            raise InvalidInputError("the quality check compares pixels: drop quality_check or output_type='latent'")
         batch = Req.from_sampling_params(params)
         batch.step_callback = step_callback
         paths: list[Path] = []
@@ -96,14 +112,26 @@ class DiffGenerator:
         timings = {**batch.timings, "total": time.perf_counter() - start}
 
         if params.output_type == "latent":
-            return GenerationResult(batch.output, timings)
+            return GenerationResult(batch.output, timings, cache=batch.cache_summary)
+        quality = self._quality_check(params, batch.output, timings["total"]) if quality_check else None
         pil_outputs = to_pil(batch.output)
         if paths:  # every rank of a parallel run checked the paths above; one writes the files
             paths = save_outputs(pil_outputs, paths, params.fps) if is_output_rank() else []
         outputs = pil_outputs if params.output_type == "pil" else to_numpy(batch.output)
+        result = GenerationResult(outputs, timings, paths, cache=batch.cache_summary, quality=quality)
         if batch.output.dim() == 5:
-            return GenerationResult([], timings, paths, frames=outputs)
-        return GenerationResult(outputs, timings, paths)
+            result.images, result.frames = [], outputs
+        return result
+
+    def _quality_check(self, params: SamplingParams, output: torch.Tensor, seconds: float) -> QualityReport:
+        """Runs the exact path with the same seed and compares `output` (decoded pixels) with its output."""
+        exact = Req.from_sampling_params(params.updated(**EXACT_PATH))
+        start = time.perf_counter()
+        exact = self.pipeline.forward(exact, self.server_args)
+        exact_seconds = time.perf_counter() - start
+        is_demo = Path(self.server_args.model_path).resolve() == Path(DEMO_MODEL_PATH).resolve()
+        prompts = [prompt for prompt in exact.prompt for _ in range(exact.num_outputs_per_prompt)]
+        return compare(to_numpy(output), to_numpy(exact.output), seconds, exact_seconds, prompts, demo=is_demo)
 
     def close(self) -> None:
         """Releases the model's processes: nothing in one process; a parallel run's client stops its ranks."""

@@ -31,6 +31,7 @@ class Req:
     max_sequence_length: int = 512
     output_type: str = "pil"
     image: Any = None  # input image(s) as given: paths, PIL images, or a list of them
+    cache: str | None = None  # the step-cache spec; None: the engine's default (ServerArgs.cache)
 
     # Input images loaded as RGB, and their VAE latents in the DiT's layout (set by ImageVAEEncodingStage).
     condition_images: list[Image.Image] = dataclasses.field(default_factory=list)
@@ -68,6 +69,7 @@ class Req:
     # Results.
     output: torch.Tensor | None = None  # decoded pixels in 0..1, (B, C, H, W); latents for output_type="latent"
     timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage
+    cache_summary: dict[str, Any] | None = None  # what the step cache did: its spec, computed and skipped steps
 
     @classmethod
     def from_sampling_params(cls, params: SamplingParams) -> "Req":

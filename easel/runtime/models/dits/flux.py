@@ -8,6 +8,8 @@ those load with `load_state_dict(strict=True)`; nothing is kept in buffers, so a
 device is complete once its checkpoint is assigned.
 """
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,7 @@ from easel.runtime.layers import (
     project_qkv,
     timestep_embedding,
 )
+from easel.runtime.models.dits.block_stack import BlockStack, BlockStackDiT
 
 # The sinusoid width the timestep and guidance embedders start from (fixed by the FLUX checkpoints).
 TIMESTEP_SINUSOID_DIM = 256
@@ -228,8 +231,19 @@ class FluxSingleStreamBlock(nn.Module):
 #################################################################################
 
 
-class FluxTransformer2DModel(nn.Module):
+@dataclasses.dataclass
+class FluxStack(BlockStack):
+    """FLUX's state between blocks: streams = [image (B, L / N, D), text (B, T / N, D)]."""
+
+    cond: torch.Tensor  # (B, D)
+    freqs_cis: FreqsCis  # this rank's text then image positions
+    attn_mask: torch.Tensor | None  # only sequence parallelism's padding sets it
+
+
+class FluxTransformer2DModel(BlockStackDiT):
     """The FLUX.1 transformer: packed latents, text embeddings and conditioning -> velocity."""
+
+    cache_family = "flux"
 
     def __init__(self, config: FluxDitConfig):
         super().__init__()
@@ -256,7 +270,11 @@ class FluxTransformer2DModel(nn.Module):
         self.norm_out = AdaLNContinuous(dim)
         self.proj_out = nn.Linear(dim, config.patch_size * config.patch_size * out_channels)
 
-    def forward(
+    @property
+    def num_blocks(self) -> int:
+        return len(self.transformer_blocks) + len(self.single_transformer_blocks)
+
+    def embed(
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
@@ -264,14 +282,14 @@ class FluxTransformer2DModel(nn.Module):
         timestep: torch.Tensor,
         freqs_cis: FreqsCis,
         guidance: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> FluxStack:
         """
         hidden_states: packed latents (B, L, in_channels);
         encoder_hidden_states: T5 embeddings (B, T, joint_attention_dim);
         pooled_projections: CLIP pooled embedding (B, pooled_projection_dim); timestep: sigma in [0, 1], (B,);
         freqs_cis: rotary (cos, sin) of the T text then L image positions, each (T + L, head_dim);
         guidance: guidance scale (B,), required by guidance-distilled checkpoints and ignored by others.
-        Returns the predicted velocity (B, L, out_channels).
+        The model's output is the predicted velocity (B, L, out_channels).
         """
         if self.config.guidance_embeds and guidance is None:
             raise ValueError("this FLUX checkpoint is guidance-distilled and needs a guidance tensor")
@@ -290,20 +308,31 @@ class FluxTransformer2DModel(nn.Module):
         context, x = shards[0].split(context), shards[1].split(x)  # (B, T / N, D), (B, L / N, D)
         freqs_cis = tuple(split_streams(table, shards, dim=0) for table in freqs_cis)
         attn_mask = streams_key_mask(shards, x.shape[0], x.device)  # None unless a stream is padded
+        return FluxStack([x, context], shards[1], cond, freqs_cis, attn_mask)
 
-        for block in self.transformer_blocks:
-            x, context = block(x, context, cond, freqs_cis, attn_mask)
+    def run_blocks(self, stack: FluxStack, start: int, end: int) -> None:
+        x, context = stack.streams
+        num_double = len(self.transformer_blocks)
+        for block in self.transformer_blocks[start:end]:
+            x, context = block(x, context, stack.cond, stack.freqs_cis, stack.attn_mask)
 
-        # The single-stream blocks are per-token apart from attention, so concatenating once (rather than per
-        # block, as Diffusers does) gives the same result.
-        text_len = context.shape[1]
-        x = torch.cat([context, x], dim=1)  # (B, T + L, D)
-        for block in self.single_transformer_blocks:
-            x = block(x, cond, freqs_cis, attn_mask)
-        x = x[:, text_len:]  # (B, L, D)
+        single = self.single_transformer_blocks[max(start - num_double, 0) : max(end - num_double, 0)]
+        if len(single):
+            # The single-stream blocks are per-token apart from attention, so concatenating once per span (rather
+            # than per block, as Diffusers does) gives the same result.
+            text_len = context.shape[1]
+            joint = torch.cat([context, x], dim=1)  # (B, T + L, D)
+            for block in single:
+                joint = block(joint, stack.cond, stack.freqs_cis, stack.attn_mask)
+            context, x = joint[:, :text_len], joint[:, text_len:]
+        stack.streams = [x, context]
 
-        out = self.proj_out(self.norm_out(x, cond))  # (B, L, out_channels)
-        return shards[1].gather(out)  # the whole image from every rank's part, once, at the narrowest width
+    def finish(self, stack: FluxStack) -> torch.Tensor:
+        out = self.proj_out(self.norm_out(stack.streams[0], stack.cond))  # (B, L / N, out_channels)
+        return stack.shard.gather(out)  # the whole image from every rank's part, once, at the narrowest width
+
+    def modulated_input(self, stack: FluxStack) -> torch.Tensor:
+        return self.transformer_blocks[0].norm1(stack.streams[0], stack.cond)[0]
 
 
 EntryClass = FluxTransformer2DModel

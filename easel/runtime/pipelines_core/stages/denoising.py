@@ -3,6 +3,7 @@
 import torch
 from tqdm.auto import tqdm
 
+from easel.runtime.cache import StepCache, parse_cache_spec
 from easel.runtime.distributed.cfg_parallel import run_passes
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.base import PipelineStage
@@ -54,34 +55,51 @@ class DenoisingStage(PipelineStage):
 
         latents = batch.latents
         total = len(batch.timesteps)
+        spec = parse_cache_spec(batch.cache if batch.cache is not None else server_args.cache)
+        # Per request: the cache's state is this loop's and goes with it.
+        step_cache = StepCache(spec, self.experts, total) if spec.enabled else None
         self.scheduler.set_begin_index(0)  # the scheduler then never searches its timesteps (a host sync)
         for i, t in enumerate(tqdm(batch.timesteps, desc="denoising", disable=not server_args.progress_bar)):
             expert, cfg_scale = config.select_expert(batch, t)
             noise_pred = self.predict_noise(
-                batch, config, self.experts[expert], latents.to(dtype), t, i, freqs_cis, cfg_scale
+                batch, config, expert, latents.to(dtype), t, i, freqs_cis, cfg_scale, step_cache
             )
             # fp32 noise keeps the latents in fp32: Diffusers' step casts its result to the prediction's dtype.
             latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
             if batch.step_callback is not None:
                 batch.step_callback(i + 1, total)
         batch.latents = latents
+        if step_cache is not None:
+            batch.cache_summary = {"spec": str(spec), "branches": step_cache.summary()}
         return batch
 
     def predict_noise(
-        self, batch: Req, config, transformer, x: torch.Tensor, t: torch.Tensor, step: int, freqs_cis, cfg_scale: float
+        self,
+        batch: Req,
+        config,
+        expert: int,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        step: int,
+        freqs_cis,
+        cfg_scale: float,
+        step_cache: StepCache | None = None,
     ) -> torch.Tensor:
         """The guided prediction of one step: the conditional pass, CFG's unconditional one, any extra pass."""
+        transformer = self.experts[expert]
 
         def run(kwargs: dict) -> torch.Tensor:
             return config.postprocess_noise_pred(transformer(**kwargs), x)
 
-        passes = [config.prepare_pos_cond_kwargs(batch, x, t, freqs_cis=freqs_cis)]
+        passes = {"cond": config.prepare_pos_cond_kwargs(batch, x, t, freqs_cis=freqs_cis)}
         if batch.do_classifier_free_guidance:
-            passes.append(config.prepare_neg_cond_kwargs(batch, x, t, freqs_cis=freqs_cis))
+            passes["uncond"] = config.prepare_neg_cond_kwargs(batch, x, t, freqs_cis=freqs_cis)
         extra_kwargs = config.prepare_extra_pass_kwargs(batch, x, t, step, freqs_cis=freqs_cis)
         if extra_kwargs is not None:
-            passes.append(extra_kwargs)
-        predictions = run_passes(run, passes)  # under CFG parallelism, spread over the CFG group
+            passes["extra"] = extra_kwargs
+        if step_cache is not None:
+            step_cache.attach(passes, step, expert if len(self.experts) > 1 else None)
+        predictions = run_passes(run, list(passes.values()))  # under CFG parallelism, spread over the CFG group
 
         noise_cond = noise_pred = predictions[0]
         if batch.do_classifier_free_guidance:
