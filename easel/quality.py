@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from easel.demo.checker import ATTRIBUTES, judge, score
+from easel.demo.checker import attribute_accuracy
 from easel.errors import InvalidInputError
 
 # SSIM constants of Wang et al. 2004, with the Gaussian window scikit-image uses for gaussian_weights=True.
@@ -143,17 +143,6 @@ class QualityReport:
         return line
 
 
-def _accuracy(frames: np.ndarray, prompts: list[str]) -> dict[str, float]:
-    """Per attribute, the fraction of images showing it, over the images whose prompt states it."""
-    right: dict[str, int] = {}
-    counted: dict[str, int] = {}
-    for frame, prompt in zip(frames, prompts, strict=True):
-        for attribute, correct in score(judge(frame), prompt).items():
-            right[attribute] = right.get(attribute, 0) + correct
-            counted[attribute] = counted.get(attribute, 0) + 1
-    return {attribute: right[attribute] / counted[attribute] for attribute in ATTRIBUTES if attribute in counted}
-
-
 def compare(
     output: Any,
     reference: Any,
@@ -168,6 +157,6 @@ def compare(
     if demo and prompts is not None:
         if len(prompts) != len(out):
             raise InvalidInputError(f"the checker needs one prompt per image, not {len(prompts)} for {len(out)}")
-        report.checker = _accuracy(out, prompts)
-        report.checker_exact = _accuracy(ref, prompts)
+        report.checker = attribute_accuracy(out, prompts)
+        report.checker_exact = attribute_accuracy(ref, prompts)
     return report

@@ -30,6 +30,13 @@ def add_generate_parser(commands) -> None:
         "--output-format", choices=["png", "jpeg", "webp", "mp4"], help="file type in an output folder (videos: mp4)"
     )
     request.add_argument("--num-outputs-per-prompt", type=int, help="images to generate")
+    add_cache_argument(request, "for this request (default: none)")
+    request.add_argument(
+        "--quality-check",
+        action="store_true",
+        help="also run the exact path (no cache) with the same seed and print how far this output is from it: "
+        "PSNR, SSIM, max |diff|, both wall times",
+    )
     request.add_argument(
         "--set",
         action="append",
@@ -76,6 +83,34 @@ def add_engine_arguments(group: argparse._ArgumentGroup) -> None:
         "--node-rank", type=int, default=0, help="this node's index, 0..nnodes-1 (node 0 takes the request)"
     )
     group.add_argument("--dist-init-addr", metavar="HOST:PORT", help="where the nodes meet: an address of node 0")
+
+
+# The grammar of easel/runtime/cache/spec.py in short (spelled out so that --help needs no torch).
+CACHE_PRESETS = ("fast", "balanced", "quality")
+CACHE_HELP = (
+    "step caching, which skips a DiT's blocks at steps where they would change little: a preset ("
+    + ", ".join(CACHE_PRESETS)
+    + ") or METHOD[:key=value,...], e.g. dbcache:threshold=0.2,warmup=4; methods: none, "
+    "teacache (threshold, warmup, max_cached, max_continuous), "
+    "dbcache (fn, bn, threshold, warmup, max_cached, max_continuous, taylorseer=0|1, order=1|2), "
+    "steps (compute=I/J/... or every=K, warmup, taylorseer, order); a bad spec's error lists the full grammar"
+)
+
+
+def add_cache_argument(group: argparse._ArgumentGroup, default: str) -> None:
+    """--cache SPEC (`easel generate`: the request's; `easel serve`: the default of requests that give none)."""
+    group.add_argument("--cache", metavar="SPEC", help=f"{CACHE_HELP}; {default}")
+
+
+def checked_cache_spec(spec: str | None, parse) -> str | None:
+    """`spec` once `parse` (a `parse_cache_spec`) takes it; else its InvalidInputError, naming --cache."""
+    from easel.errors import InvalidInputError
+
+    try:
+        parse(spec)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"--cache {spec!r}: {error}") from None
+    return spec
 
 
 def add_lora_path_argument(group: argparse._ArgumentGroup) -> None:
@@ -147,9 +182,11 @@ def _assignment(text: str) -> tuple[str, object]:
 def run_generate(args: argparse.Namespace) -> int:
     # Imported here so that --help answers without loading torch.
     from easel import DiffGenerator
+    from easel.runtime.cache.spec import parse_cache_spec
     from easel.runtime.distributed.parallel_state import destroy_distributed, is_output_rank
     from easel.runtime.distributed.rank_group import launch_options
 
+    checked_cache_spec(args.cache, parse_cache_spec)  # a bad spec fails before the model loads
     request = dict(
         prompt=args.prompt,
         image=args.image_path,
@@ -165,6 +202,7 @@ def run_generate(args: argparse.Namespace) -> int:
         output_format=args.output_format,
         num_outputs_per_prompt=args.num_outputs_per_prompt,
         output_path=args.output_path or args.output_dir,
+        cache=args.cache,
         **dict(args.set),
     )
     options = launch_options(model_path(args), {"output_dir": args.output_dir, **engine_options(args)}, request)
@@ -175,7 +213,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 return 0
             for path, strength in args.lora_path:
                 generator.load_lora(path, strength=strength)
-            result = generator.generate(**request)
+            result = generator.generate(**request, quality_check=args.quality_check)
         prints = is_output_rank()  # under torchrun, global rank 0 only
     finally:
         destroy_distributed()  # a rank of a world torchrun launched leaves it; otherwise nothing to do
@@ -186,4 +224,17 @@ def run_generate(args: argparse.Namespace) -> int:
     size = f"{width}x{height}" + (f", {len(first)} frames" if result.frames else "")
     stages = ", ".join(f"{name.removesuffix('Stage')} {secs:.2f}s" for name, secs in result.timings.items())
     print(f"wrote {', '.join(map(str, result.paths))} ({size}); seconds: {stages}")
+    if result.cache is not None:
+        print(describe_cache(result.cache))
+    if result.quality is not None:
+        print(result.quality.summary())
     return 0
+
+
+def describe_cache(cache: dict[str, Any]) -> str:
+    """One line of a `GenerationResult.cache`: the spec, and per branch the steps computed and skipped."""
+    branches = ", ".join(
+        f"{name} computed {counts['computed']} / skipped {counts['skipped']}"
+        for name, counts in cache["branches"].items()
+    )
+    return f"cache {cache['spec']}: {branches}"

@@ -3,7 +3,14 @@
 import argparse
 from pathlib import Path
 
-from easel.cli.generate import add_engine_arguments, add_lora_path_argument, engine_options, model_path
+from easel.cli.generate import (
+    add_cache_argument,
+    add_engine_arguments,
+    add_lora_path_argument,
+    checked_cache_spec,
+    engine_options,
+    model_path,
+)
 from easel.errors import InvalidInputError
 
 
@@ -20,6 +27,7 @@ def add_serve_parser(commands) -> None:
         help="the folder /v1/set_lora may load LoRA files from (paths relative to it; nothing outside it); "
         "without it, LoRA files are loaded from --lora-path only",
     )
+    add_cache_argument(model, "the default of requests without a `cache` field (default: none)")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     server.add_argument("--port", type=int, default=30000, help="port to listen on (0: any free one)")
@@ -44,8 +52,11 @@ def _non_negative(text: str) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     # Imported here so that --help answers without loading FastAPI.
     from easel.runtime.entrypoints.openai.api_server import run_server
+    from easel.runtime.entrypoints.openai.protocol import check_cache_spec
     from easel.runtime.entrypoints.openai.state import ServeSettings
 
+    # Checked here, before the worker starts, and without torch (which only the worker loads).
+    cache = checked_cache_spec(args.cache or "none", check_cache_spec)
     if args.lora_dir is not None and not args.lora_dir.is_dir():
         raise InvalidInputError(f"--lora-dir {args.lora_dir} is not a folder")
     degrees = (args.ulysses_degree, args.ring_degree, args.tp_size)
@@ -58,7 +69,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = ServeSettings(
         model_path=model_path(args),
-        engine_options=engine_options(args),
+        engine_options={**engine_options(args), "cache": cache},
         host=args.host,
         port=args.port,
         served_model_name=args.served_model_name,

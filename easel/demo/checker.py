@@ -7,6 +7,7 @@ box's side.
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -67,6 +68,17 @@ def score(verdict: Verdict, prompt: str | Scene) -> dict[str, bool]:
     if scene.background is not None:
         results["background"] = verdict.background == scene.background
     return results
+
+
+def attribute_accuracy(images: Sequence[Image.Image | np.ndarray], prompts: Sequence[str]) -> dict[str, float]:
+    """Per attribute, the fraction of images showing their prompt's, over the images whose prompt states it."""
+    right: dict[str, int] = {}
+    counted: dict[str, int] = {}
+    for image, prompt in zip(images, prompts, strict=True):
+        for attribute, correct in score(judge(image), prompt).items():
+            right[attribute] = right.get(attribute, 0) + correct
+            counted[attribute] = counted.get(attribute, 0) + 1
+    return {attribute: right[attribute] / counted[attribute] for attribute in ATTRIBUTES if attribute in counted}
 
 
 def _match(verdict: Verdict, wanted: Shape, single: bool) -> Shape | None:

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from easel import DiffGenerator
-from easel.demo import DEMO_MODEL_PATH, judge, score
-from easel.demo.checker import ATTRIBUTES
+from easel.demo import DEMO_MODEL_PATH
+from easel.demo.checker import ATTRIBUTES, attribute_accuracy
 from easel.demo.scenes import evaluation_prompts
 
 _BATCH = 25  # prompts per generate call; batch b uses seed b, so the images do not depend on the list's length
@@ -23,16 +23,10 @@ _BATCH = 25  # prompts per generate call; batch b uses seed b, so the images do 
 
 def accuracy(generator: DiffGenerator, prompts: Sequence[str], **sampling: Any) -> dict[str, float]:
     """The fraction of `prompts` whose image shows each stated attribute, from one image per prompt."""
-    right: dict[str, int] = {}
-    counted: dict[str, int] = {}
+    images = []
     for batch, start in enumerate(range(0, len(prompts), _BATCH)):
-        chunk = list(prompts[start : start + _BATCH])
-        images = generator.generate(chunk, seed=batch, **sampling).images
-        for prompt, image in zip(chunk, images, strict=True):
-            for attribute, correct in score(judge(image), prompt).items():
-                right[attribute] = right.get(attribute, 0) + correct
-                counted[attribute] = counted.get(attribute, 0) + 1
-    return {attribute: right[attribute] / counted[attribute] for attribute in ATTRIBUTES if attribute in counted}
+        images += generator.generate(list(prompts[start : start + _BATCH]), seed=batch, **sampling).images
+    return attribute_accuracy(images, prompts)
 
 
 def main() -> None:

@@ -1,7 +1,6 @@
 """Step caching: skipping a DiT's blocks at steps where they would change little (TeaCache, DBCache, TaylorSeer, a
-fixed step mask), consulted by the standard DenoisingStage through every DiT's block-stack interface."""
+fixed step mask), consulted by the standard DenoisingStage through every DiT's block-stack interface.
 
-from easel.runtime.cache.spec import GRAMMAR, PRESETS, CacheSpec, parse_cache_spec
-from easel.runtime.cache.step_cache import BranchCache, StepCache
-
-__all__ = ["GRAMMAR", "PRESETS", "BranchCache", "CacheSpec", "StepCache", "parse_cache_spec"]
+`spec` (the grammar, no torch: the server's front end checks specs with it) and `step_cache` (the mechanism) are
+imported from their modules; this package imports nothing, so that reading a spec never loads torch.
+"""

@@ -53,11 +53,7 @@ class CacheSpec:
 
 _METHOD_DEFAULTS = {"dbcache": {"fn": 1, "threshold": 0.12, "warmup": 4}, "teacache": {"threshold": 0.3}}
 
-PRESETS = {
-    "fast": "dbcache:fn=1,threshold=0.3,warmup=3,taylorseer=1,order=2",
-    "balanced": "dbcache:fn=1,threshold=0.2,warmup=4,taylorseer=1,order=2",
-    "quality": "dbcache:fn=1,threshold=0.12,warmup=6,taylorseer=1,order=2",
-}
+PRESETS = {"fast": "teacache:threshold=0.8", "balanced": "teacache:threshold=0.5", "quality": "teacache:threshold=0.3"}
 
 
 def parse_cache_spec(text: "str | CacheSpec | None") -> CacheSpec:

@@ -14,7 +14,7 @@ from easel.demo import DEMO_MODEL_PATH
 from easel.errors import InvalidInputError
 from easel.quality import QualityReport, compare
 from easel.registry import ModelFamily
-from easel.runtime.cache import parse_cache_spec
+from easel.runtime.cache.spec import parse_cache_spec
 from easel.runtime.distributed.parallel_state import get_layout, is_output_rank
 from easel.runtime.loader.pipeline_loader import load_pipeline
 from easel.runtime.outputs import check_writable, plan_output_paths, save_outputs, to_numpy, to_pil

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from easel.runtime.entrypoints.openai.protocol import (
     APIError,
+    EaselReport,
     ImageData,
     ImageRequest,
     ImagesResponse,
@@ -65,5 +66,9 @@ async def _generate(state: ServerState, request: Request, body: ImageRequest, im
         ids = [state.store.put_image(image, body.output_format) for image in done.images]
         data = [ImageData(url=str(request.url_for("image_content", image_id=image_id))) for image_id in ids]
     return ImagesResponse(
-        created=int(time.time()), data=data, output_format=body.output_format, size=f"{done.width}x{done.height}"
+        created=int(time.time()),
+        data=data,
+        output_format=body.output_format,
+        size=f"{done.width}x{done.height}",
+        easel=EaselReport(cache=done.cache, quality=done.quality),
     )

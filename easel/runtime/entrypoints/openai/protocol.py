@@ -6,6 +6,10 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from easel.errors import InvalidInputError
+from easel.runtime.cache.spec import parse_cache_spec
 
 MAX_IMAGES_PER_REQUEST = 10  # OpenAI's bound on `n`
 MAX_INFERENCE_STEPS = 1000  # Easel's input validation allows as many
@@ -67,6 +71,11 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     return int(width), int(height)
 
 
+def check_cache_spec(text: str | None) -> None:
+    """Raises the `InvalidInputError` of a bad cache spec (its message lists the grammar); None is the default."""
+    parse_cache_spec(text)
+
+
 class StrictModel(BaseModel):
     """A request body: an unknown field is an error, not something silently ignored."""
 
@@ -84,6 +93,19 @@ class GenerationOptions(StrictModel):
     true_cfg_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     lora: LoRAChoice | None = Field(None, description="loaded LoRA adapters for this request only")
+    cache: str | None = Field(None, description="a step-cache spec or preset for this request; null: the server's")
+    quality_check: bool = Field(False, description="also run the exact path (no cache) and compare the outputs")
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_spec(cls, value: str | None) -> str | None:
+        """A bad spec is a 400 naming `cache`, whose message lists the grammar."""
+        try:
+            check_cache_spec(value)
+        except InvalidInputError as error:
+            # Not a ValueError: pydantic would prefix its message with "Value error, ".
+            raise PydanticCustomError("invalid_cache_spec", "{problem}", {"problem": str(error)}) from None
+        return value
 
     @field_validator("lora", mode="before")
     @classmethod
@@ -97,7 +119,8 @@ class GenerationOptions(StrictModel):
         return value
 
     def sampling_params(self) -> dict[str, Any]:
-        """`DiffGenerator.generate` keyword arguments; None keeps the model's default."""
+        """`DiffGenerator.generate` keyword arguments (with `quality_check`); None keeps the model's default (for
+        `cache`, the server's)."""
         return self.model_dump(include=set(GenerationOptions.model_fields) - {"model", "lora"})
 
     def lora_names(self) -> list[str]:
@@ -178,11 +201,22 @@ class ImageData(BaseModel):
     url: str | None = None
 
 
+class EaselReport(BaseModel):
+    """Easel's extension of a generation's answer: what the step cache did (null when none ran), and with
+    `quality_check` the comparison with the exact path (null without)."""
+
+    # {"spec": "dbcache:...", "branches": {"cond": {"computed": n, "skipped": m}, ...}}
+    cache: dict[str, Any] | None = None
+    # `QualityReport.to_dict()`: psnr_db (null: identical), ssim, max_abs_diff, seconds, exact_seconds, speedup, ...
+    quality: dict[str, Any] | None = None
+
+
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
     output_format: str
     size: str
+    easel: EaselReport
 
 
 class ModelCard(BaseModel):
@@ -216,6 +250,7 @@ class VideoObject(BaseModel):
     seconds: str
     size: str
     error: VideoError | None = None
+    easel: EaselReport | None = None  # once completed
 
 
 class VideoList(BaseModel):

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from easel.runtime.entrypoints.openai.protocol import APIError, VideoError, VideoList, VideoObject
+from easel.runtime.entrypoints.openai.protocol import APIError, EaselReport, VideoError, VideoList, VideoObject
 from easel.runtime.entrypoints.openai.worker import Done
 
 
@@ -30,6 +30,7 @@ class VideoJob:
     progress: int = 0
     completed_at: int | None = None
     error: VideoError | None = None
+    easel: EaselReport | None = None  # once completed: what the step cache did, the quality check
 
     def on_progress(self, fraction: float) -> None:
         """The engine's report: started (0), or this fraction of the denoising done."""
@@ -43,6 +44,7 @@ class VideoJob:
             done: Done = outcome.result()
             self.status, self.progress = "completed", 100
             self.size, self.num_frames = f"{done.width}x{done.height}", done.num_frames
+            self.easel = EaselReport(cache=done.cache, quality=done.quality)
         else:
             error = error if isinstance(error, APIError) else APIError(500, str(error), "server_error")
             self.status, self.error = "failed", VideoError(code=error.code or error.type, message=error.message)
@@ -60,6 +62,7 @@ class VideoJob:
             seconds=seconds_of(self.num_frames, self.fps),
             size=self.size,
             error=self.error,
+            easel=self.easel,
         )
 
 

@@ -50,7 +50,7 @@ class WorkerJob:
     """One request as the worker runs it."""
 
     id: str
-    params: dict[str, Any]  # `DiffGenerator.generate` keyword arguments
+    params: dict[str, Any]  # `DiffGenerator.generate` keyword arguments (`cache`, `quality_check` among them)
     images: list[bytes]  # input images, as uploaded
     image_format: str = "png"  # how generated images are encoded
     video_path: str | None = None  # where a video model writes its MP4
@@ -107,7 +107,8 @@ class Progress:
 
 @dataclasses.dataclass
 class Done:
-    """A finished job: its encoded images (or the MP4 written at `video_path`), their size, seconds per stage."""
+    """A finished job: its encoded images (or the MP4 written at `video_path`), their size, seconds per stage, what
+    the step cache did (`GenerationResult.cache`), and the quality check's `QualityReport.to_dict()` if one ran."""
 
     job_id: str
     images: list[bytes]
@@ -115,6 +116,8 @@ class Done:
     height: int
     num_frames: int
     timings: dict[str, float]
+    cache: dict[str, Any] | None = None
+    quality: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -258,11 +261,12 @@ def _run(generator, job: WorkerJob, results: Connection) -> Done | Failed:
             result = generator.generate(
                 step_callback=on_step, image=images or None, output_path=job.video_path, **job.params
             )
+        report = {"cache": result.cache, "quality": result.quality.to_dict() if result.quality is not None else None}
         if result.frames:
             frames = result.frames[0]
-            return Done(job.id, [], *frames[0].size, len(frames), result.timings)
+            return Done(job.id, [], *frames[0].size, len(frames), result.timings, **report)
         encoded = [_encode(image, job.image_format) for image in result.images]
-        return Done(job.id, encoded, *result.images[0].size, 1, result.timings)
+        return Done(job.id, encoded, *result.images[0].size, 1, result.timings, **report)
     except Exception as error:
         return _failed(job.id, error)
 

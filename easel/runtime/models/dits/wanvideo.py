@@ -10,6 +10,7 @@ checkpoints, so those load with `load_state_dict(strict=True)`; nothing is kept 
 the meta device is complete once its checkpoint is assigned.
 """
 
+import dataclasses
 import math
 
 import torch
@@ -30,6 +31,7 @@ from easel.runtime.layers import (
 from easel.runtime.layers.attention import cross_attention
 from easel.runtime.layers.layernorm import ParallelRMSNorm
 from easel.runtime.layers.mlp import TanhGELUProjection
+from easel.runtime.models.dits.block_stack import BlockStack, BlockStackDiT
 
 ROPE_THETA = 10000.0
 # The CLIP image embedder's LayerNorms keep torch's default eps (the blocks use the config's).
@@ -251,6 +253,15 @@ class WanTransformerBlock(nn.Module):
         # Learned per block, added to the shared timestep projection: (shift, scale, gate) x (attention, MLP).
         self.scale_shift_table = nn.Parameter(torch.empty(1, 6, dim))
 
+    def modulation(self, timestep_proj: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shift, scale, gate) of the self-attention, then of the MLP, for timestep_proj (B, S, 6, D)."""
+        # In float32, as Diffusers keeps the table (each vector (B, S, D), broadcast over tokens when S = 1).
+        return (self.scale_shift_table[None] + timestep_proj.float()).unbind(2)
+
+    def modulated_input(self, x: torch.Tensor, shift_msa: torch.Tensor, scale_msa: torch.Tensor) -> torch.Tensor:
+        """The self-attention's input: x (B, L, D) normed, then scaled and shifted by `modulation`'s first two."""
+        return fp32_modulate(self.norm1, x, shift_msa, scale_msa)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -262,14 +273,9 @@ class WanTransformerBlock(nn.Module):
     ) -> torch.Tensor:
         """x: video tokens (B, L, D); context: text tokens (B, T, D); timestep_proj: (B, S, 6, D), S = 1 or L;
         attn_mask: (B, L) self-attention key mask, or None."""
-        # In float32, as Diffusers keeps the table (each vector (B, S, D), broadcast over tokens when S = 1).
-        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = (
-            self.scale_shift_table[None] + timestep_proj.float()
-        ).unbind(2)
+        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = self.modulation(timestep_proj)
 
-        attn_out = self.attn1(
-            fp32_modulate(self.norm1, x, shift_msa, scale_msa), freqs_cis=freqs_cis, attn_mask=attn_mask
-        )
+        attn_out = self.attn1(self.modulated_input(x, shift_msa, scale_msa), freqs_cis=freqs_cis, attn_mask=attn_mask)
         x = (x.float() + attn_out * gate_msa).type_as(x)
 
         x_norm = self.norm2(x.float()).type_as(x)
@@ -284,7 +290,21 @@ class WanTransformerBlock(nn.Module):
 #################################################################################
 
 
-class WanTransformer3DModel(nn.Module):
+@dataclasses.dataclass
+class WanStack(BlockStack):
+    """Wan's state between blocks: streams = [video tokens (B, L / N, D)]."""
+
+    context: torch.Tensor  # text tokens (B, T, D), whole on every rank
+    image_context: torch.Tensor | None  # I2V's CLIP image tokens (B, N_img, D), whole on every rank
+    timestep_proj: torch.Tensor  # the blocks' shared modulation projection (B, S, 6, D), S = 1 or L / N
+    temb: torch.Tensor  # (B, S, D), for the output adaLN
+    freqs_cis: FreqsCis  # each (L / N, head_dim): this rank's video positions
+    attn_mask: torch.Tensor | None  # only sequence parallelism's padding sets it
+    batch: int
+    grid: tuple[int, int, int]  # latent patches along (frames, rows, columns)
+
+
+class WanTransformer3DModel(BlockStackDiT):
     """The Wan transformer: video latents, text (and image) embeddings and timestep -> flow velocity."""
 
     def __init__(self, config: WanDitConfig):
@@ -320,21 +340,31 @@ class WanTransformer3DModel(nn.Module):
         self.proj_out = nn.Linear(dim, out_channels * math.prod(config.patch_size))
         self.scale_shift_table = nn.Parameter(torch.empty(1, 2, dim))
 
-    def forward(
+    @property
+    def cache_family(self) -> str:
+        """TeaCache's fits are per model size: Wan2.1's 1.3B (width 1536) and 14B (width 5120)."""
+        width = self.config.num_attention_heads * self.config.attention_head_dim
+        return {1536: "wan-1.3b", 5120: "wan-14b"}.get(width, "wan")
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def embed(
         self,
         hidden_states: torch.Tensor,
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         freqs_cis: FreqsCis,
         encoder_hidden_states_image: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> WanStack:
         """
         hidden_states: latents (B, in_channels, F, H, W) (for I2V the noisy latents, mask and image latents
         concatenated on channels); timestep: the scheduler's timestep in [0, 1000], (B,), or (B, L) with one per
         token (Wan2.2-TI2V, L = F * H * W / 4); encoder_hidden_states: UMT5 embeddings (B, T, text_dim);
         freqs_cis: `self.rotary_emb(F, H, W)`, each (L, head_dim); encoder_hidden_states_image: CLIP image
         tokens (B, 257, image_dim), required by I2V checkpoints (image_dim set) and ignored by others.
-        Returns the predicted velocity (B, out_channels, F, H, W).
+        The model's output is the predicted velocity (B, out_channels, F, H, W).
         """
         if self.config.image_dim is not None and encoder_hidden_states_image is None:
             raise ValueError("this Wan checkpoint is image-conditioned and needs encoder_hidden_states_image")
@@ -362,19 +392,31 @@ class WanTransformer3DModel(nn.Module):
         if self.condition_embedder.image_embedder is not None:
             image_context = self.condition_embedder.image_embedder(encoder_hidden_states_image)  # (B, N_img, D)
 
-        for block in self.blocks:
-            x = block(x, context, image_context, timestep_proj, freqs_cis, attn_mask)
+        return WanStack([x], video, context, image_context, timestep_proj, temb, freqs_cis, attn_mask, batch, grid)
 
+    def run_blocks(self, stack: WanStack, start: int, end: int) -> None:
+        (x,) = stack.streams
+        for block in self.blocks[start:end]:
+            x = block(x, stack.context, stack.image_context, stack.timestep_proj, stack.freqs_cis, stack.attn_mask)
+        stack.streams = [x]
+
+    def finish(self, stack: WanStack) -> torch.Tensor:
+        p_t, p_h, p_w = self.config.patch_size
         # The output adaLN: (shift, scale), from temb itself rather than the block projection.
-        shift, scale = (self.scale_shift_table[None] + temb[:, :, None]).unbind(2)  # each (B, S, D)
-        x = fp32_modulate(self.norm_out, x, shift, scale)
+        shift, scale = (self.scale_shift_table[None] + stack.temb[:, :, None]).unbind(2)  # each (B, S, D)
+        x = fp32_modulate(self.norm_out, stack.streams[0], shift, scale)
         x = self.proj_out(x)  # (B, L / N, p_t * p_h * p_w * C)
-        x = video.gather(x)  # the whole video from every rank's part, once, at the narrowest width: (B, L, ...)
+        x = stack.shard.gather(x)  # the whole video from every rank's part, once, at the narrowest width: (B, L, ...)
 
         # Unpatchify: (B, F', H', W', p_t, p_h, p_w, C) -> (B, C, F' p_t, H' p_h, W' p_w).
-        x = x.reshape(batch, *grid, p_t, p_h, p_w, -1)
+        x = x.reshape(stack.batch, *stack.grid, p_t, p_h, p_w, -1)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def modulated_input(self, stack: WanStack) -> torch.Tensor:
+        block = self.blocks[0]
+        shift_msa, scale_msa = block.modulation(stack.timestep_proj)[:2]
+        return block.modulated_input(stack.streams[0], shift_msa, scale_msa)
 
 
 EntryClass = WanTransformer3DModel

@@ -36,6 +36,7 @@ from easel.runtime.layers import (
     polar_rope_frequencies,
     timestep_embedding,
 )
+from easel.runtime.models.dits.block_stack import BlockStack, BlockStackDiT
 
 # The conditioning vector is min(dim, 256) wide; the timestep MLP goes 256 -> 1024 -> that width (fixed by the
 # checkpoints, not by config.json).
@@ -251,6 +252,18 @@ class ZImageTransformerBlock(nn.Module):
         # A Sequential for the key `adaLN_modulation.0`; unlike most adaLN there is no SiLU before it.
         self.adaLN_modulation = nn.Sequential(nn.Linear(min(dim, ADALN_EMBED_DIM), 4 * dim)) if modulation else None
 
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A modulated block's (scale_msa, gate_msa, scale_mlp, gate_mlp) for cond (B, min(D, 256))."""
+        # (B, 1, D) each: only scales (no shifts), and tanh-bounded gates.
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(cond).unsqueeze(1).chunk(4, dim=2)
+        gate_msa, gate_mlp = gate_msa.tanh(), gate_mlp.tanh()
+        scale_msa, scale_mlp = 1.0 + scale_msa, 1.0 + scale_mlp
+        return scale_msa, gate_msa, scale_mlp, gate_mlp
+
+    def modulated_input(self, x: torch.Tensor, scale_msa: torch.Tensor) -> torch.Tensor:
+        """The self-attention's input in a modulated block: x (B, L, D) normed, then scaled by `modulation`'s first."""
+        return self.attention_norm1(x) * scale_msa
+
     def forward(
         self,
         x: torch.Tensor,
@@ -263,12 +276,8 @@ class ZImageTransformerBlock(nn.Module):
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), freqs_cis, attn_mask))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
 
-        # (B, 1, D) each: only scales (no shifts), and tanh-bounded gates.
-        scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(cond).unsqueeze(1).chunk(4, dim=2)
-        gate_msa, gate_mlp = gate_msa.tanh(), gate_mlp.tanh()
-        scale_msa, scale_mlp = 1.0 + scale_msa, 1.0 + scale_mlp
-
-        attn_out = self.attention(self.attention_norm1(x) * scale_msa, freqs_cis, attn_mask)
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self.modulation(cond)
+        attn_out = self.attention(self.modulated_input(x, scale_msa), freqs_cis, attn_mask)
         x = x + gate_msa * self.attention_norm2(attn_out)
         return x + gate_mlp * self.ffn_norm2(self.feed_forward(self.ffn_norm1(x) * scale_mlp))
 
@@ -310,8 +319,23 @@ def _unpatchify(
     return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(-1, channels, frames * pf, rows * p, cols * p)
 
 
-class ZImageTransformer2DModel(nn.Module):
+@dataclasses.dataclass
+class ZImageStack(BlockStack):
+    """Z-Image's state between joint layers: streams = [image (B, N / S, D), captions (B, T / S, D)], refined."""
+
+    cond: torch.Tensor  # (B, min(D, 256))
+    freqs_cis: FreqsCis  # (B, N / S + T / S, head_dim) each: this rank's image then caption positions
+    attn_mask: torch.Tensor | None  # (B, N / S + T / S), or None: caption batch padding and SP padding
+    layout: ZImageSequenceLayout
+    key: str  # the patching's embedder and final layer, f"{patch_size}-{f_patch_size}"
+    patch_size: int
+    f_patch_size: int
+
+
+class ZImageTransformer2DModel(BlockStackDiT):
     """The Z-Image transformer: latents, flow time and per-sample caption features -> the model output."""
+
+    cache_family = "z-image"
 
     def __init__(self, config: ZImageDitConfig):
         super().__init__()
@@ -371,7 +395,11 @@ class ZImageTransformer2DModel(nn.Module):
             captions[index, len(tokens) : padded_len] = self.cap_pad_token
         return captions
 
-    def forward(
+    @property
+    def num_blocks(self) -> int:
+        return len(self.layers)
+
+    def embed(
         self,
         x: torch.Tensor | Sequence[torch.Tensor],
         t: torch.Tensor,
@@ -379,14 +407,14 @@ class ZImageTransformer2DModel(nn.Module):
         patch_size: int = 2,
         f_patch_size: int = 1,
         layout: ZImageSequenceLayout | None = None,
-    ) -> torch.Tensor:
+    ) -> ZImageStack:
         """
         x: latents (B, C, F, H, W), F = 1 for images (the pipeline's (B, C, H, W) unsqueezed at dim 2), or, as
             Diffusers takes them, a list of B (C, F, H, W) latents of one size;
         t: (B,) flow time 1 - sigma in [0, 1] (Diffusers' pipeline passes (1000 - timestep) / 1000);
         cap_feats: B caption features (L_i, cap_feat_dim), each sample's unpadded tokens (lengths may differ);
         layout: `rotary_emb(caption lengths, (F, H, W), patch_size, f_patch_size)`, built here when None.
-        Returns (B, C, F, H, W), the model output; the flow velocity the scheduler steps with is its negation.
+        The model's output is (B, C, F, H, W); the flow velocity the scheduler steps with is its negation.
         """
         if not isinstance(x, torch.Tensor):
             x = torch.stack(list(x))
@@ -427,22 +455,43 @@ class ZImageTransformer2DModel(nn.Module):
         for block in self.context_refiner:
             captions = block(captions, caption_freqs, caption_mask)
 
-        # Joint stream [image | caption | batch padding], this rank's part of each. Diffusers zeroes the batch
-        # padding here; ours keeps the (finite) refiner outputs there, which the masks keep out of every real
-        # token's result.
-        x_joint = torch.cat([image, captions], dim=1)  # (B, N / S + T / S, D)
+        # The joint layers' rotary tables and mask, over [image | caption | batch padding], this rank's part of each.
         unified_freqs = tuple(split_streams(table, shards) for table in layout.unified_freqs)
         unified_mask = streams_key_mask(shards, batch, x.device, layout.unified_mask)
-        for block in self.layers:
-            x_joint = block(x_joint, unified_freqs, unified_mask, cond)
+        return ZImageStack(
+            [image, captions], image_shard, cond, unified_freqs, unified_mask, layout, key, patch_size, f_patch_size
+        )
 
+    def run_blocks(self, stack: ZImageStack, start: int, end: int) -> None:
+        layers = self.layers[start:end]
+        if not len(layers):
+            return
+        image, captions = stack.streams
+        # Joint stream [image | caption | batch padding], this rank's part of each. Diffusers zeroes the batch
+        # padding here; ours keeps the (finite) refiner outputs there, which the masks keep out of every real
+        # token's result. The layers are per token apart from attention, so concatenating once per span gives the
+        # same result as once per forward.
+        image_len = image.shape[1]
+        x_joint = torch.cat([image, captions], dim=1)  # (B, N / S + T / S, D)
+        for block in layers:
+            x_joint = block(x_joint, stack.freqs_cis, stack.attn_mask, stack.cond)
+        stack.streams = [x_joint[:, :image_len], x_joint[:, image_len:]]
+
+    def finish(self, stack: ZImageStack) -> torch.Tensor:
+        layout, image_shard = stack.layout, stack.shard
         # The final layer works per token, so only the real image tokens go through it; under SP, this rank's part
         # of the image stream, pad tokens included (every rank's part must be as long for the gather), gathered once
         # after it, at its narrow width.
-        local_image = x_joint[:, : image_shard.local_length if image_shard.size > 1 else layout.image_len]
-        out = self.all_final_layer[key](local_image, cond)  # (B, N / S, pf * p * p * C)
+        local_image = stack.streams[0][:, : image_shard.local_length if image_shard.size > 1 else layout.image_len]
+        out = self.all_final_layer[stack.key](local_image, stack.cond)  # (B, N / S, pf * p * p * C)
         out = image_shard.gather(out)[:, : layout.image_len]  # (B, n, pf * p * p * C)
-        return _unpatchify(out, layout.grid, self.out_channels, patch_size, f_patch_size)
+        return _unpatchify(out, layout.grid, self.out_channels, stack.patch_size, stack.f_patch_size)
+
+    def modulated_input(self, stack: ZImageStack) -> torch.Tensor:
+        # The joint layers' modulation is one vector per sample, the same for every token: the image stream alone
+        # gives its image tokens' part.
+        layer = self.layers[0]
+        return layer.modulated_input(stack.streams[0], layer.modulation(stack.cond)[0])
 
 
 EntryClass = ZImageTransformer2DModel
