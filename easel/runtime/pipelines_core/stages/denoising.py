@@ -3,7 +3,8 @@
 import torch
 from tqdm.auto import tqdm
 
-from easel.runtime.cache import StepCache, parse_cache_spec
+from easel.runtime.cache.spec import parse_cache_spec
+from easel.runtime.cache.step_cache import StepCache
 from easel.runtime.distributed.cfg_parallel import run_passes
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.base import PipelineStage
