@@ -10,6 +10,7 @@ just past the largest image grid's half-size. Module names mirror the keys of Di
 buffers, so a model built on the meta device is complete once its checkpoint is assigned.
 """
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -31,6 +32,7 @@ from easel.runtime.layers import (
     project_qkv,
     timestep_embedding,
 )
+from easel.runtime.models.dits.block_stack import BlockStack, BlockStackDiT
 
 # The sinusoid width of the timestep embedder, and the 1000x it scales sigma by (fixed by the checkpoints).
 TIMESTEP_SINUSOID_DIM = 256
@@ -225,6 +227,15 @@ class QwenImageTransformerBlock(nn.Module):
         self.txt_norm2 = LayerNormScaleShift(dim, eps=EPS)
         self.txt_mlp = FeedForward(dim)
 
+    def modulate_image(
+        self, x: torch.Tensor, cond: torch.Tensor, num_noisy_tokens: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The joint attention's image input (x (B, L, D) normalized and modulated), its gate, and the MLP's
+        modulation vectors (B or 2 B, 3 D); cond and num_noisy_tokens as in `forward`."""
+        img_mod_attn, img_mod_mlp = self.img_mod(cond).chunk(2, dim=-1)  # (B or 2 B, 3 D) each
+        x_norm, img_gate_attn = _modulate(self.img_norm1, x, img_mod_attn, num_noisy_tokens)
+        return x_norm, img_gate_attn, img_mod_mlp
+
     def forward(
         self,
         x: torch.Tensor,
@@ -236,10 +247,8 @@ class QwenImageTransformerBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: image tokens (B, L, D); context: text tokens (B, T, D); cond: (B, D), or (2 B, D) under zero_cond_t
         (then the text takes the first B rows). Returns (x, context)."""
-        img_mod_attn, img_mod_mlp = self.img_mod(cond).chunk(2, dim=-1)  # (B or 2 B, 3 D) each
+        x_norm, img_gate_attn, img_mod_mlp = self.modulate_image(x, cond, num_noisy_tokens)
         txt_mod_attn, txt_mod_mlp = self.txt_mod(cond[: context.shape[0]]).chunk(2, dim=-1)  # (B, 3 D) each
-
-        x_norm, img_gate_attn = _modulate(self.img_norm1, x, img_mod_attn, num_noisy_tokens)
         c_norm, txt_gate_attn = _modulate(self.txt_norm1, context, txt_mod_attn, None)
         attn_out, context_attn_out = self.attn(x_norm, c_norm, freqs_cis, attn_mask)
         # Gated residuals.
@@ -258,8 +267,21 @@ class QwenImageTransformerBlock(nn.Module):
 #################################################################################
 
 
-class QwenImageTransformer2DModel(nn.Module):
+@dataclasses.dataclass
+class QwenImageStack(BlockStack):
+    """Qwen-Image's state between blocks: streams = [image (B, L / N, D), text (B, T / N, D)]."""
+
+    cond: torch.Tensor  # (B, D), or (2 B, D) under zero_cond_t (rows B.. at timestep 0)
+    freqs_cis: FreqsCis  # this rank's text then image positions
+    attn_mask: torch.Tensor | None  # (B, T / N + L / N) key mask; None unless the text is masked or a stream padded
+    num_noisy_tokens: int | None  # zero_cond_t: how many of this rank's image tokens are noisy; None otherwise
+    batch: int  # B: the final layer reads cond[:batch], the true timestep's
+
+
+class QwenImageTransformer2DModel(BlockStackDiT):
     """The Qwen-Image transformer: packed latents, Qwen2.5-VL text embeddings and sigma -> velocity."""
+
+    cache_family = "qwen-image"
 
     def __init__(self, config: QwenImageDitConfig):
         super().__init__()
@@ -283,7 +305,11 @@ class QwenImageTransformer2DModel(nn.Module):
         self.norm_out = AdaLNContinuous(dim, eps=EPS)
         self.proj_out = nn.Linear(dim, config.patch_size * config.patch_size * out_channels)
 
-    def forward(
+    @property
+    def num_blocks(self) -> int:
+        return len(self.transformer_blocks)
+
+    def embed(
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
@@ -293,7 +319,7 @@ class QwenImageTransformer2DModel(nn.Module):
         img_shapes: Sequence[ImageShape] | None = None,
         additional_t_cond: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> QwenImageStack:
         """
         hidden_states: packed latents (B, L, in_channels), the noisy grid first, then any reference grids;
         encoder_hidden_states: Qwen2.5-VL hidden states (B, T, joint_attention_dim);
@@ -305,7 +331,8 @@ class QwenImageTransformer2DModel(nn.Module):
             checkpoints only (the first grid is the noisy one);
         additional_t_cond: (B,) integers in {0, 1}, required by use_additional_t_cond checkpoints (Layered: 0);
         guidance: unsupported, must be None (no Qwen-Image checkpoint has a guidance embedder).
-        Returns the predicted velocity (B, L, patch_size**2 * out_channels), reference-grid tokens included.
+        The model's output is the predicted velocity (B, L, patch_size**2 * out_channels), reference-grid tokens
+        included.
         """
         if guidance is not None:
             raise ValueError("Qwen-Image has no guidance embedding; pass guidance=None and use true CFG")
@@ -345,13 +372,21 @@ class QwenImageTransformer2DModel(nn.Module):
         if num_noisy_tokens is not None:
             # The noisy tokens are a prefix of the image, so they are a prefix of each rank's contiguous shard too.
             num_noisy_tokens = min(max(num_noisy_tokens - shards[1].start, 0), x.shape[1])
+        return QwenImageStack([x, context], shards[1], cond, freqs_cis, attn_mask, num_noisy_tokens, batch)
 
-        for block in self.transformer_blocks:
-            x, context = block(x, context, cond, freqs_cis, attn_mask, num_noisy_tokens)
+    def run_blocks(self, stack: QwenImageStack, start: int, end: int) -> None:
+        x, context = stack.streams
+        for block in self.transformer_blocks[start:end]:
+            x, context = block(x, context, stack.cond, stack.freqs_cis, stack.attn_mask, stack.num_noisy_tokens)
+        stack.streams = [x, context]
 
+    def finish(self, stack: QwenImageStack) -> torch.Tensor:
         # The output is read at the conditioning of the true timestep.
-        out = self.proj_out(self.norm_out(x, cond[:batch]))  # (B, L / N, out_channels)
-        return shards[1].gather(out)  # the whole image from every rank's part, once, at the narrowest width
+        out = self.proj_out(self.norm_out(stack.streams[0], stack.cond[: stack.batch]))  # (B, L / N, out_channels)
+        return stack.shard.gather(out)  # the whole image from every rank's part, once, at the narrowest width
+
+    def modulated_input(self, stack: QwenImageStack) -> torch.Tensor:
+        return self.transformer_blocks[0].modulate_image(stack.streams[0], stack.cond, stack.num_noisy_tokens)[0]
 
 
 EntryClass = QwenImageTransformer2DModel

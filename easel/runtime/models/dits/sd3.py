@@ -10,6 +10,7 @@ stream. Module names mirror the keys of Diffusers' `SD3Transformer2DModel` check
 model built on the meta device is complete once its checkpoint is assigned.
 """
 
+import dataclasses
 from collections.abc import Collection
 
 import torch
@@ -32,6 +33,7 @@ from easel.runtime.layers import (
     timestep_embedding,
 )
 from easel.runtime.layers.embeddings import sincos_2d_position_embedding
+from easel.runtime.models.dits.block_stack import BlockStack, BlockStackDiT
 
 # The sinusoid width the timestep embedder starts from (fixed by the SD3 checkpoints).
 TIMESTEP_SINUSOID_DIM = 256
@@ -190,7 +192,7 @@ class SD3Attention(nn.Module):
 class SD3JointBlock(nn.Module):
     """MMDiT block: image and text streams with their own weights, mixed only by a joint attention.
 
-    `context_pre_only` (the last block): the text stream only feeds keys and values and is not updated.
+    `context_pre_only` (the last block): the text stream only feeds keys and values and is passed on unchanged.
     `dual_attention` (SD3.5-medium's first blocks): the image stream also runs a self-attention of its own, from
     the same norm with its own modulation.
     """
@@ -217,6 +219,15 @@ class SD3JointBlock(nn.Module):
             self.norm2_context = LayerNormScaleShift(dim, eps=NORM_EPS)
             self.ff_context = FeedForward(dim)
 
+    def modulate_image(
+        self, x: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The joint attention's image input (the norm of x (B, L, D), shifted and scaled by adaLN), the unmodulated
+        norm (dual attention modulates it again) and the other (B, D) vectors: gate_msa, the MLP's shift, scale and
+        gate, then the second attention's three."""
+        x_norm, (shift_msa, scale_msa, *rest) = self.norm1(x, cond)
+        return modulate(x_norm, shift_msa, scale_msa), x_norm, rest
+
     def forward(
         self,
         x: torch.Tensor,
@@ -224,11 +235,11 @@ class SD3JointBlock(nn.Module):
         cond: torch.Tensor,
         joint_mask: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: image tokens (B, L, D); context: text tokens (B, T, D); cond: (B, D); joint_mask (B, L + T) and
-        image_mask (B, L): the key masks of the joint and the image-only attention, or None. Returns (x, context),
-        context None after the last block."""
-        x_norm, (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, *second) = self.norm1(x, cond)
+        image_mask (B, L): the key masks of the joint and the image-only attention, or None. Returns (x, context);
+        the last block returns context as it came in."""
+        x_in, x_norm, (gate_msa, shift_mlp, scale_mlp, gate_mlp, *second) = self.modulate_image(x, cond)
         if self.context_pre_only:
             context_in = self.norm1_context(context, cond)
         else:
@@ -236,7 +247,7 @@ class SD3JointBlock(nn.Module):
                 context, cond
             )
             context_in = modulate(c_norm, c_shift_msa, c_scale_msa)
-        attn_out, context_attn_out = self.attn(modulate(x_norm, shift_msa, scale_msa), context_in, joint_mask)
+        attn_out, context_attn_out = self.attn(x_in, context_in, joint_mask)
 
         # Gated residuals: the gates are (B, D), shared by all tokens of a sample.
         x = x + gate_msa[:, None] * attn_out
@@ -245,7 +256,7 @@ class SD3JointBlock(nn.Module):
             x = x + gate_msa2[:, None] * self.attn2(modulate(x_norm, shift_msa2, scale_msa2), attn_mask=image_mask)
         x = x + gate_mlp[:, None] * self.ff(self.norm2(x, shift_mlp, scale_mlp))
         if self.context_pre_only:
-            return x, None
+            return x, context
 
         context = context + c_gate_msa[:, None] * context_attn_out
         context = context + c_gate_mlp[:, None] * self.ff_context(self.norm2_context(context, c_shift_mlp, c_scale_mlp))
@@ -257,8 +268,23 @@ class SD3JointBlock(nn.Module):
 #################################################################################
 
 
-class SD3Transformer2DModel(nn.Module):
+@dataclasses.dataclass
+class SD3Stack(BlockStack):
+    """SD3's state between blocks: streams = [image (B, L / N, D), text (B, T / N, D)]."""
+
+    cond: torch.Tensor  # (B, D)
+    joint_mask: torch.Tensor | None  # (B, L + T) key mask of the joint attention; only SP padding sets it
+    image_mask: torch.Tensor | None  # (B, L) key mask of the image-only attention (SD3.5's attn2); likewise
+    skip: frozenset[int]  # absolute indices of the blocks to leave out (skip-layer guidance)
+    batch: int  # B, H and W of the latents, for unpatchifying the output
+    height: int
+    width: int
+
+
+class SD3Transformer2DModel(BlockStackDiT):
     """The SD3 / SD3.5 transformer: latents, text embeddings and conditioning -> velocity."""
+
+    cache_family = "sd3"
 
     def __init__(self, config: SD3DitConfig):
         super().__init__()
@@ -293,24 +319,27 @@ class SD3Transformer2DModel(nn.Module):
         self.norm_out = AdaLNContinuous(dim)
         self.proj_out = nn.Linear(dim, config.patch_size * config.patch_size * self.out_channels)
 
-    def forward(
+    @property
+    def num_blocks(self) -> int:
+        return len(self.transformer_blocks)
+
+    def embed(
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         pooled_projections: torch.Tensor,
         timestep: torch.Tensor,
         skip_layers: Collection[int] | None = None,
-    ) -> torch.Tensor:
+    ) -> SD3Stack:
         """
         hidden_states: latents (B, in_channels, H, W), H and W multiples of patch_size;
         encoder_hidden_states: [CLIP-L | CLIP-G | zero pad] tokens then T5 tokens (B, T, joint_attention_dim);
         pooled_projections: [CLIP-L | CLIP-G] pooled embeddings (B, pooled_projection_dim);
         timestep: sigma * 1000, i.e. the scheduler's timesteps in [0, 1000], (B,), float32;
         skip_layers: indices of blocks to leave out (skip-layer guidance runs a second pass with some skipped).
-        Returns the predicted velocity (B, out_channels, H, W).
+        The model's output is the predicted velocity (B, out_channels, H, W).
         """
         batch, _, height, width = hidden_states.shape
-        patch = self.config.patch_size
         skip = frozenset(skip_layers or ())
 
         # (B, L, D), L = (H/p) * (W/p); the position table is added to the whole grid, before the split below.
@@ -326,17 +355,26 @@ class SD3Transformer2DModel(nn.Module):
         # The key masks of the joint and the image-only (SD3.5's attn2) attention: None unless a stream is padded.
         joint_mask = streams_key_mask(shards, batch, x.device)
         image_mask = streams_key_mask(shards[:1], batch, x.device)
+        return SD3Stack([x, context], shards[0], cond, joint_mask, image_mask, skip, batch, height, width)
 
-        for index, block in enumerate(self.transformer_blocks):
-            if index not in skip:  # a skipped block passes both streams through unchanged
-                x, context = block(x, context, cond, joint_mask, image_mask)
+    def run_blocks(self, stack: SD3Stack, start: int, end: int) -> None:
+        x, context = stack.streams
+        for index, block in enumerate(self.transformer_blocks[start:end], start=start):
+            if index not in stack.skip:  # a skipped block passes both streams through unchanged
+                x, context = block(x, context, stack.cond, stack.joint_mask, stack.image_mask)
+        stack.streams = [x, context]
 
-        x = self.proj_out(self.norm_out(x, cond))  # (B, L / N, p * p * C)
-        x = shards[0].gather(x)  # the whole image from every rank's part, once, at the narrowest width
+    def finish(self, stack: SD3Stack) -> torch.Tensor:
+        batch, height, width, patch = stack.batch, stack.height, stack.width, self.config.patch_size
+        x = self.proj_out(self.norm_out(stack.streams[0], stack.cond))  # (B, L / N, p * p * C)
+        x = stack.shard.gather(x)  # the whole image from every rank's part, once, at the narrowest width
         # Unpatchify: token (i, j) holds the p x p patch at rows i*p.., columns j*p.., channels last.
         x = x.reshape(batch, height // patch, width // patch, patch, patch, self.out_channels)
         x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, H/p, p, W/p, p)
         return x.reshape(batch, self.out_channels, height, width)
+
+    def modulated_input(self, stack: SD3Stack) -> torch.Tensor:
+        return self.transformer_blocks[0].modulate_image(stack.streams[0], stack.cond)[0]
 
 
 EntryClass = SD3Transformer2DModel
