@@ -180,7 +180,7 @@ def test_the_server_default_applies_when_a_request_gives_none(tiny_pipeline):
 
 
 # --- parallel runs ---------------------------------------------------------------------------------------------------
-PARALLEL_SPECS = ("dbcache:threshold=0.3,warmup=1", "teacache:threshold=0.6", "dbcache:threshold=0.3,taylorseer=1")
+PARALLEL_SPECS = ("dbcache:threshold=1,warmup=1", "teacache:threshold=0.6", "dbcache:threshold=1,warmup=1,taylorseer=1")
 # 48x80 FLUX makes 15 image tokens, and Wan's 48x80 frames 45 per frame group: both pad on two ranks.
 PARALLEL_KINDS = {"flux": {**REQUESTS["flux"], "height": 48, "width": 80}, "wan-t2v": REQUESTS["wan-t2v"]}
 
