@@ -4,6 +4,9 @@ import argparse
 import json
 from typing import Any
 
+from easel.errors import InvalidInputError
+from easel.runtime.cache.spec import PRESETS, parse_cache_spec  # the standard library only: --help stays fast
+
 
 def add_generate_parser(commands) -> None:
     parser = commands.add_parser("generate", help="generate images from a prompt", description=__doc__)
@@ -85,11 +88,10 @@ def add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--dist-init-addr", metavar="HOST:PORT", help="where the nodes meet: an address of node 0")
 
 
-# The grammar of easel/runtime/cache/spec.py in short (spelled out so that --help needs no torch).
-CACHE_PRESETS = ("fast", "balanced", "quality")
+# The grammar of easel/runtime/cache/spec.py in short.
 CACHE_HELP = (
     "step caching, which skips a DiT's blocks at steps where they would change little: a preset ("
-    + ", ".join(CACHE_PRESETS)
+    + ", ".join(PRESETS)
     + ") or METHOD[:key=value,...], e.g. dbcache:threshold=0.2,warmup=4; methods: none, "
     "teacache (threshold, warmup, max_cached, max_continuous), "
     "dbcache (fn, bn, threshold, warmup, max_cached, max_continuous, taylorseer=0|1, order=1|2), "
@@ -102,12 +104,10 @@ def add_cache_argument(group: argparse._ArgumentGroup, default: str) -> None:
     group.add_argument("--cache", metavar="SPEC", help=f"{CACHE_HELP}; {default}")
 
 
-def checked_cache_spec(spec: str | None, parse) -> str | None:
-    """`spec` once `parse` (a `parse_cache_spec`) takes it; else its InvalidInputError, naming --cache."""
-    from easel.errors import InvalidInputError
-
+def checked_cache_spec(spec: str | None) -> str | None:
+    """`spec` once it parses; else its InvalidInputError, naming --cache."""
     try:
-        parse(spec)
+        parse_cache_spec(spec)
     except InvalidInputError as error:
         raise InvalidInputError(f"--cache {spec!r}: {error}") from None
     return spec
@@ -182,11 +182,10 @@ def _assignment(text: str) -> tuple[str, object]:
 def run_generate(args: argparse.Namespace) -> int:
     # Imported here so that --help answers without loading torch.
     from easel import DiffGenerator
-    from easel.runtime.cache.spec import parse_cache_spec
     from easel.runtime.distributed.parallel_state import destroy_distributed, is_output_rank
     from easel.runtime.distributed.rank_group import launch_options
 
-    checked_cache_spec(args.cache, parse_cache_spec)  # a bad spec fails before the model loads
+    checked_cache_spec(args.cache)  # a bad spec fails before the model loads
     request = dict(
         prompt=args.prompt,
         image=args.image_path,

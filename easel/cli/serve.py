@@ -52,11 +52,10 @@ def _non_negative(text: str) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     # Imported here so that --help answers without loading FastAPI.
     from easel.runtime.entrypoints.openai.api_server import run_server
-    from easel.runtime.entrypoints.openai.protocol import check_cache_spec
     from easel.runtime.entrypoints.openai.state import ServeSettings
 
     # Checked here, before the worker starts, and without torch (which only the worker loads).
-    cache = checked_cache_spec(args.cache or "none", check_cache_spec)
+    cache = checked_cache_spec(args.cache or "none")
     if args.lora_dir is not None and not args.lora_dir.is_dir():
         raise InvalidInputError(f"--lora-dir {args.lora_dir} is not a folder")
     degrees = (args.ulysses_degree, args.ring_degree, args.tp_size)

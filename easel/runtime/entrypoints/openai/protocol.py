@@ -71,11 +71,6 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     return int(width), int(height)
 
 
-def check_cache_spec(text: str | None) -> None:
-    """Raises the `InvalidInputError` of a bad cache spec (its message lists the grammar); None is the default."""
-    parse_cache_spec(text)
-
-
 class StrictModel(BaseModel):
     """A request body: an unknown field is an error, not something silently ignored."""
 
@@ -101,7 +96,7 @@ class GenerationOptions(StrictModel):
     def _cache_spec(cls, value: str | None) -> str | None:
         """A bad spec is a 400 naming `cache`, whose message lists the grammar."""
         try:
-            check_cache_spec(value)
+            parse_cache_spec(value)
         except InvalidInputError as error:
             # Not a ValueError: pydantic would prefix its message with "Value error, ".
             raise PydanticCustomError("invalid_cache_spec", "{problem}", {"problem": str(error)}) from None
