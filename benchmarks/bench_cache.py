@@ -1,6 +1,9 @@
 """Step caching side by side: Easel's cache specs, Diffusers + cache-dit, and SGLang Diffusion, in one process.
 
     python benchmarks/bench_cache.py                          # both cases at their defaults (long: see below)
+    python benchmarks/bench_cache.py --case demo --engines easel diffusers --cachedit-taylorseer \
+        --easel-specs fast balanced quality teacache:threshold=0.65 teacache:threshold=1.0 \
+        dbcache:threshold=0.12 dbcache:threshold=0.2 dbcache:threshold=0.3 steps:every=3,warmup=3   # the README's table
     python benchmarks/bench_cache.py --case demo --prompts 8  # the demo model only, 4 seen + 4 held-out prompts
     python benchmarks/bench_cache.py --case flux70m --flux-prompts 1 --steps 8
     python benchmarks/bench_cache.py --case demo --prompts 2 --easel-specs balanced "dbcache:threshold=0.2" \\
@@ -36,7 +39,7 @@ cache-dit's best at >= 32 dB.
 Each engine is compared with its own exact path only: PSNR, SSIM and speed-up of a cached row are against the same
 engine's uncached output and time, never another engine's. (Easel's and Diffusers' exact images agree; SGLang's do
 not on the demo case, since SGLang 0.5.23 encodes the negative prompt at 512 T5 tokens whatever max_sequence_length
-says.) A full default run takes about 20 minutes of a 2-core machine (demo ~9, flux70m ~11), SGLang rows included.
+says.) A full default run takes about 40 minutes of a 2-core machine (demo ~30 at 128 prompts, flux70m ~11).
 """
 
 import argparse
@@ -102,7 +105,9 @@ FLUX_PROMPTS = [
 DEFAULT_SGLANG_VENV = Path(tempfile.gettempdir()) / "sglvenv"  # what ../shared/tools/sglang-cpu-venv.sh builds
 PSNR_CAP_DB = 100.0  # an identical image's PSNR is infinite; it counts as this in a mean
 PSNR_BAR_DB = 32.0
-ACCURACY_SLACK = 0.02  # "within 2 points" of the exact path
+# "Within 2 points" of the exact path, either way. One image of 16 held-out prompts is 6 points, so a single flipped
+# shape (which caching causes about as often as it mends one) decides it there: the default runs 64 held-out prompts.
+ACCURACY_SLACK = 0.02
 KEY_ATTRIBUTES = ("colour", "shape", "position")
 ENGINES = ("easel", "diffusers", "sglang")
 
@@ -766,7 +771,7 @@ def best_line(result: dict[str, Any]) -> str | None:
                 and row.metrics
                 and row.metrics["psnr_db"] >= PSNR_BAR_DB
                 and all(
-                    row.metrics["accuracy_held_out"].get(a, 0.0) >= reference.get(a, 0.0) - ACCURACY_SLACK - 1e-9
+                    abs(row.metrics["accuracy_held_out"].get(a, 0.0) - reference.get(a, 0.0)) <= ACCURACY_SLACK + 1e-9
                     for a in KEY_ATTRIBUTES
                 )
             ]
@@ -820,7 +825,7 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=("demo", "flux70m", "all"), default="all")
-    parser.add_argument("--prompts", type=int, default=32, help="demo: prompts, half seen and half held-out")
+    parser.add_argument("--prompts", type=int, default=128, help="demo: prompts, half seen and half held-out")
     parser.add_argument("--flux-prompts", type=int, default=2, help="flux70m: prompts")
     parser.add_argument("--steps", type=int, default=28, help="flux70m: denoising steps")
     parser.add_argument("--resolution", type=int, default=256, help="flux70m: image side")

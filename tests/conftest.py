@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-weight pipelines, built once per test session into a temporary folder."""
+"""Shared fixtures: tiny random-weight pipelines, built once per test session into a temporary folder, and an HTTP
+client on a module's server."""
 
 import pytest
 import torch
@@ -32,3 +33,10 @@ def pytest_generate_tests(metafunc):
 
 def _describe(key: str, value) -> str:
     return f"{key}={value}" if isinstance(value, str | int | float) else key
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    """An HTTP client on the `server` fixture of the module that asks for it (tests/server_fixtures.py)."""
+    with server.http() as http:
+        yield http

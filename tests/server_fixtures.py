@@ -57,6 +57,10 @@ class ServerProcess:
     def health(self) -> httpx.Response:
         return httpx.get(f"{self.url}/health", timeout=10)
 
+    def http(self, **kwargs) -> httpx.Client:
+        """A raw HTTP client, with a timeout that a generation fits in."""
+        return httpx.Client(base_url=self.url, timeout=120, **kwargs)
+
     def client(self, api_key: str = "unused", **kwargs) -> openai.OpenAI:
         """The official client, without retries: every answer a test sees is the server's first."""
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=120, **kwargs)

@@ -113,12 +113,6 @@ def server():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=120) as http:
-        yield http
-
-
 def _generate(http: httpx.Client, **fields) -> dict:
     response = http.post("/v1/images/generations", json={"prompt": PROMPT, **STEPS, **fields})
     assert response.status_code == 200, response.text

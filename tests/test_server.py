@@ -43,7 +43,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as http:
+    with server.http(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
         yield http
 
 

@@ -49,12 +49,6 @@ def server(folders):
 
 
 @pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=120) as http:
-        yield http
-
-
-@pytest.fixture(scope="module")
 def images(http):
     """Images by name, made by the tests as they go, for the later ones to compare with."""
     return {"base": _generate(http, lora=[])}  # no adapter for this request: --lora-path's is active
