@@ -5,7 +5,7 @@ import json
 from typing import Any
 
 from easel.errors import InvalidInputError
-from easel.runtime.cache.spec import PRESETS, parse_cache_spec  # the standard library only: --help stays fast
+from easel.runtime.cache.spec import KEYS, PRESETS, parse_cache_spec  # the standard library only: --help stays fast
 
 
 def add_generate_parser(commands) -> None:
@@ -92,10 +92,9 @@ def add_engine_arguments(group: argparse._ArgumentGroup) -> None:
 CACHE_HELP = (
     "step caching, which skips a DiT's blocks at steps where they would change little: a preset ("
     + ", ".join(PRESETS)
-    + ") or METHOD[:key=value,...], e.g. dbcache:threshold=0.2,warmup=4; methods: none, "
-    "teacache (threshold, warmup, max_cached, max_continuous), "
-    "dbcache (fn, bn, threshold, warmup, max_cached, max_continuous, taylorseer=0|1, order=1|2), "
-    "steps (compute=I/J/... or every=K, warmup, taylorseer, order); a bad spec's error lists the full grammar"
+    + ") or METHOD[:key=value,...], e.g. dbcache:threshold=0.2,warmup=4; methods: "
+    + ", ".join(f"{method} ({', '.join(keys)})" if keys else method for method, keys in KEYS.items())
+    + "; a bad spec's error lists the full grammar"
 )
 
 

@@ -6,8 +6,8 @@ from easel.errors import InvalidInputError
 
 METHODS = ("none", "teacache", "dbcache", "steps")
 
-# The keys each method takes, and their defaults where the dataclass's would not do.
-_KEYS = {
+# The keys each method takes.
+KEYS = {
     "none": (),
     "teacache": ("threshold", "warmup", "max_cached", "max_continuous"),
     "dbcache": ("fn", "bn", "threshold", "warmup", "max_cached", "max_continuous", "taylorseer", "order"),
@@ -47,7 +47,7 @@ class CacheSpec:
         if not self.enabled:
             return "none"
         default = CacheSpec(self.method, **_METHOD_DEFAULTS.get(self.method, {}))
-        keys = [k for k in _KEYS[self.method] if getattr(self, k) != getattr(default, k)]
+        keys = [k for k in KEYS[self.method] if getattr(self, k) != getattr(default, k)]
         return f"{self.method}:" + ",".join(f"{k}={_format(getattr(self, k))}" for k in keys) if keys else self.method
 
 
@@ -71,8 +71,8 @@ def parse_cache_spec(text: "str | CacheSpec | None") -> CacheSpec:
         key = key.strip()
         if not sep or not value.strip():
             _fail(f"{item!r} is not key=value")
-        if key not in _KEYS[method]:
-            _fail(f"{method} takes no key {key!r} (its keys: {', '.join(_KEYS[method]) or 'none'})")
+        if key not in KEYS[method]:
+            _fail(f"{method} takes no key {key!r} (its keys: {', '.join(KEYS[method]) or 'none'})")
         values[key] = _convert(key, value.strip())
     spec = CacheSpec(method, **values)
     _check(spec)
