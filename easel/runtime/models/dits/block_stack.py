@@ -27,11 +27,19 @@ class BlockStackDiT(nn.Module):
 
     # Which TeaCache rescaling polynomial applies (easel/runtime/cache/teacache.py).
     cache_family: str = ""
+    # The attributes holding the repeated blocks (nn.ModuleLists), in the order a forward runs them: what regional
+    # compilation compiles and layerwise offload streams to the device, one block at a time.
+    block_lists: tuple[str, ...] = ()
 
     @property
     def num_blocks(self) -> int:
         """The blocks `run_blocks` indexes, every stack of the model counted in order."""
         raise NotImplementedError
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        """Every repeated block, in the order a forward runs them (lists the model lacks, e.g. Z-Image's optional
+        SigLIP refiner, are skipped)."""
+        return [block for name in self.block_lists for block in getattr(self, name, None) or ()]
 
     def embed(self, *args, **kwargs) -> BlockStack:
         """The forward's inputs (the Diffusers model's arguments) to the state before the first block."""

@@ -244,6 +244,7 @@ class FluxTransformer2DModel(BlockStackDiT):
     """The FLUX.1 transformer: packed latents, text embeddings and conditioning -> velocity."""
 
     cache_family = "flux"
+    block_lists = ("transformer_blocks", "single_transformer_blocks")
 
     def __init__(self, config: FluxDitConfig):
         super().__init__()

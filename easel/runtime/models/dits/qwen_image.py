@@ -282,6 +282,7 @@ class QwenImageTransformer2DModel(BlockStackDiT):
     """The Qwen-Image transformer: packed latents, Qwen2.5-VL text embeddings and sigma -> velocity."""
 
     cache_family = "qwen-image"
+    block_lists = ("transformer_blocks",)
 
     def __init__(self, config: QwenImageDitConfig):
         super().__init__()

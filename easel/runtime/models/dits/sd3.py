@@ -285,6 +285,7 @@ class SD3Transformer2DModel(BlockStackDiT):
     """The SD3 / SD3.5 transformer: latents, text embeddings and conditioning -> velocity."""
 
     cache_family = "sd3"
+    block_lists = ("transformer_blocks",)
 
     def __init__(self, config: SD3DitConfig):
         super().__init__()

@@ -307,6 +307,8 @@ class WanStack(BlockStack):
 class WanTransformer3DModel(BlockStackDiT):
     """The Wan transformer: video latents, text (and image) embeddings and timestep -> flow velocity."""
 
+    block_lists = ("blocks",)
+
     def __init__(self, config: WanDitConfig):
         super().__init__()
         self.config = config

@@ -336,6 +336,7 @@ class ZImageTransformer2DModel(BlockStackDiT):
     """The Z-Image transformer: latents, flow time and per-sample caption features -> the model output."""
 
     cache_family = "z-image"
+    block_lists = ("noise_refiner", "context_refiner", "siglip_refiner", "layers")
 
     def __init__(self, config: ZImageDitConfig):
         super().__init__()
