@@ -40,15 +40,13 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
     cos/sin are (L, D), shared by the batch, or (B, L, D) where samples sit at different positions.
     """
-    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, H, D/2) each
-    # The pair (real, imag) times e^{i angle} is x * cos + (-imag, real) * sin, cos/sin repeated per pair.
-    rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # (B, L, H, D)
-    if cos.ndim == 2:
-        cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # broadcast over batch and heads
-    else:
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over heads
+    # The pair (x_2i, x_2i+1) times e^{i angle} as one complex multiply: the same products and sums as the real
+    # form x * cos + (-x_2i+1, x_2i) * sin (bitwise, in float32), in one pass over x instead of five.
+    angles = torch.complex(cos[..., ::2], sin[..., ::2])  # (L, D/2) or (B, L, D/2)
+    angles = angles[None, :, None, :] if angles.ndim == 2 else angles[:, :, None, :]  # broadcast over heads
     # In float32 so half-precision queries and keys are rotated without extra rounding.
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))  # (B, L, H, D/2)
+    return torch.view_as_real(pairs * angles).flatten(-2).to(x.dtype)
 
 
 def polar_rope_frequencies(
