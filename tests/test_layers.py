@@ -1,5 +1,9 @@
 """Unit tests of the layer library against Diffusers' and PyTorch's reference implementations."""
 
+import importlib.util
+import sys
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,10 +15,14 @@ from easel.runtime.layers import (
     LayerNormScaleShift,
     RMSNorm,
     RMSNormScaleShift,
+    active_attention_backend,
     apply_rotary_emb,
     attention,
+    attention_is_lossy,
     available_attention_backends,
+    exact_attention,
     multi_axis_rope_frequencies,
+    resolve_attention_backend,
     rope_frequencies,
     set_attention_backend,
     timestep_embedding,
@@ -93,6 +101,46 @@ def test_attention_dispatcher_matches_sdpa() -> None:
 
 
 def test_unknown_attention_backend_lists_available_names() -> None:
-    assert "torch_sdpa" in available_attention_backends()
-    with pytest.raises(EaselError, match="torch_sdpa"):
+    assert {"torch_sdpa", "flash_attn", "sage_attn"} <= set(available_attention_backends())
+    with pytest.raises(EaselError, match="auto, flash_attn, sage_attn, torch_sdpa"):
         set_attention_backend("no_such_kernel")
+
+
+def test_auto_attention_backend_is_exact_and_runs_here() -> None:
+    assert resolve_attention_backend("auto") == "torch_sdpa"  # no CUDA and no flash-attn on this machine
+    set_attention_backend("auto")
+    assert active_attention_backend() == "torch_sdpa"
+
+
+@pytest.mark.parametrize(("name", "pip_name"), [("flash_attn", "flash-attn"), ("sage_attn", "sageattention")])
+def test_missing_attention_package_is_a_clear_error(monkeypatch, name: str, pip_name: str) -> None:
+    with pytest.raises(EaselError, match="needs a CUDA GPU"):
+        set_attention_backend(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EaselError, match=f"pip install {pip_name}"):
+        set_attention_backend(name)
+
+
+def test_lossy_attention_backend_is_turned_off_by_exact_attention(monkeypatch) -> None:
+    # A stand-in SageAttention: the dispatcher's part (layout, selection, the exact path) is what is tested here.
+    calls = []
+
+    def sageattn(query, key, value, tensor_layout, is_causal):
+        calls.append(tensor_layout)
+        return query.clone()
+
+    monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=sageattn))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    q, k, v = torch.randn(3, 1, 5, 2, 8, generator=torch.Generator().manual_seed(0))
+    exact = attention(q, k, v)
+    try:
+        set_attention_backend("sage_attn")
+        assert attention_is_lossy()
+        assert torch.equal(attention(q, k, v), q) and calls == ["NHD"]
+        with exact_attention():
+            assert torch.equal(attention(q, k, v), exact)
+        assert active_attention_backend() == "sage_attn"
+    finally:
+        set_attention_backend("torch_sdpa")

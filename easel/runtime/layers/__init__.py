@@ -1,10 +1,14 @@
 """The layer library every Easel DiT is written against; fused kernels and parallelism land here."""
 
 from easel.runtime.layers.attention import (
+    active_attention_backend,
     attention,
+    attention_is_lossy,
     available_attention_backends,
     cross_attention,
+    exact_attention,
     project_qkv,
+    resolve_attention_backend,
     set_attention_backend,
 )
 from easel.runtime.layers.embeddings import MLPEmbedder, timestep_embedding
@@ -43,11 +47,15 @@ __all__ = [
     "apply_rotary_emb",
     "clip_fp16",
     "modulate",
+    "active_attention_backend",
     "attention",
+    "attention_is_lossy",
     "available_attention_backends",
     "cross_attention",
+    "exact_attention",
     "multi_axis_rope_frequencies",
     "project_qkv",
+    "resolve_attention_backend",
     "polar_rope_frequencies",
     "rope_frequencies",
     "set_attention_backend",

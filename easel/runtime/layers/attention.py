@@ -1,6 +1,10 @@
 """Attention behind a backend dispatcher: every DiT calls one function, whatever kernel runs it."""
 
-from collections.abc import Callable
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,24 +30,119 @@ def _torch_sdpa(
     return out.transpose(1, 2)  # (B, L, H, D)
 
 
-# This registry is the seam where flash-attn kernels plug in. Ulysses wraps whichever is active; ring attention runs
-# PyTorch's kernels that return the log-sum-exp it merges by (`parallel_attention.attention_with_lse`).
-_BACKENDS: dict[str, AttentionBackend] = {"torch_sdpa": _torch_sdpa}
+def _flash_attn(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """FlashAttention 3 (`flash_attn_interface`, Hopper) where installed, else FlashAttention 2; (B, L, H, D) is
+    their own layout. Neither takes a key-padding mask without repacking into variable-length batches, so masked
+    calls (only sequence parallelism's padding and batches of different prompt lengths make them) run PyTorch's."""
+    if attn_mask is not None:
+        return _torch_sdpa(query, key, value, attn_mask)
+    return _flash_attn_function()(query, key, value)
+
+
+@functools.cache
+def _flash_attn_function() -> Callable[..., torch.Tensor]:
+    """flash_attn_func of FlashAttention 3 if importable, else 2; its output alone (FA3 betas return (out, lse))."""
+    try:
+        from flash_attn_interface import flash_attn_func  # FlashAttention 3
+    except ImportError:
+        from flash_attn import flash_attn_func
+
+    def run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        out = flash_attn_func(query, key, value)
+        return out[0] if isinstance(out, tuple) else out
+
+    return run
+
+
+def _sage_attn(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """SageAttention: int8 q.k and fp8/fp16 p.v, lossy, so its cost shows in a quality check; masked calls as in
+    `_flash_attn`."""
+    if attn_mask is not None:
+        return _torch_sdpa(query, key, value, attn_mask)
+    from sageattention import sageattn
+
+    return sageattn(query, key, value, tensor_layout="NHD", is_causal=False)  # NHD: (B, L, H, D)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """An attention kernel: its function, the package it needs (None: part of torch), whether it is exact."""
+
+    run: AttentionBackend
+    packages: tuple[str, ...] = ()  # modules it can import, any one of them
+    pip_name: str | None = None  # what to install for it
+    lossy: bool = False
+    cuda_only: bool = False
+
+    def missing(self) -> str | None:
+        """Why this backend cannot run in this process, or None."""
+        if self.cuda_only and not torch.cuda.is_available():
+            return "it needs a CUDA GPU"
+        if self.packages and all(importlib.util.find_spec(package) is None for package in self.packages):
+            return f"its package is not installed (pip install {self.pip_name})"
+        return None
+
+
+# The seam where attention kernels plug in. Ulysses wraps whichever is active; ring attention merges partial outputs
+# by their log-sum-exp and runs PyTorch's kernels that return it (`parallel_attention.attention_with_lse`).
+_BACKENDS: dict[str, Backend] = {
+    "torch_sdpa": Backend(_torch_sdpa),
+    "flash_attn": Backend(_flash_attn, ("flash_attn_interface", "flash_attn"), "flash-attn", cuda_only=True),
+    "sage_attn": Backend(_sage_attn, ("sageattention",), "sageattention", lossy=True, cuda_only=True),
+}
+# "auto" picks the first of these that can run: FlashAttention beats PyTorch's SDPA kernels on NVIDIA GPUs, and
+# SageAttention, though faster, is never chosen for the user since it changes the output.
+_AUTO_ORDER = ("flash_attn", "torch_sdpa")
 _active_backend = "torch_sdpa"
 
 
 def available_attention_backends() -> list[str]:
-    """The names `set_attention_backend` accepts."""
+    """The names `set_attention_backend` accepts ("auto" besides)."""
     return sorted(_BACKENDS)
+
+
+def resolve_attention_backend(name: str) -> str:
+    """The backend `name` selects in this process: "auto" resolved; a clear error for unknown or missing ones."""
+    if name == "auto":
+        return next(candidate for candidate in _AUTO_ORDER if _BACKENDS[candidate].missing() is None)
+    if name not in _BACKENDS:
+        available = ", ".join(["auto", *available_attention_backends()])
+        raise EaselError(f"Unknown attention backend {name!r}; available: {available}.")
+    reason = _BACKENDS[name].missing()
+    if reason is not None:
+        raise EaselError(f"Attention backend {name!r} cannot run here: {reason}.")
+    return name
 
 
 def set_attention_backend(name: str) -> None:
     """Selects the backend every later `attention` call in this process uses."""
     global _active_backend
-    if name not in _BACKENDS:
-        available = ", ".join(available_attention_backends())
-        raise EaselError(f"Unknown attention backend {name!r}; available: {available}.")
-    _active_backend = name
+    _active_backend = resolve_attention_backend(name)
+
+
+def active_attention_backend() -> str:
+    """The name of the backend `attention` runs now."""
+    return _active_backend
+
+
+def attention_is_lossy() -> bool:
+    """Whether the active backend approximates softmax attention (a quality check then runs the exact one)."""
+    return _BACKENDS[_active_backend].lossy
+
+
+@contextlib.contextmanager
+def exact_attention() -> Iterator[None]:
+    """Runs the block with PyTorch's exact kernels whatever backend is active: a quality check's exact path."""
+    global _active_backend
+    previous, _active_backend = _active_backend, ("torch_sdpa" if attention_is_lossy() else _active_backend)
+    try:
+        yield
+    finally:
+        _active_backend = previous
 
 
 def attention(
@@ -58,7 +157,7 @@ def attention(
     the keys are every rank's: Ulysses and/or ring attention (`parallel_attention`) around the active backend.
     """
     if get_sp_world_size() > 1:
-        return sequence_parallel_attention(query, key, value, attn_mask, _BACKENDS[_active_backend])
+        return sequence_parallel_attention(query, key, value, attn_mask, _BACKENDS[_active_backend].run)
     return cross_attention(query, key, value, attn_mask)  # one process: the keys are all here
 
 
@@ -67,7 +166,7 @@ def cross_attention(
 ) -> torch.Tensor:
     """Attention of this rank's queries to keys that every rank holds whole (a text prompt that is not sharded):
     local under sequence parallelism too, since each query already sees every key. Shapes as in `attention`."""
-    backend = _BACKENDS[_active_backend]
+    backend = _BACKENDS[_active_backend].run
     if attn_mask is None:
         return backend(query, key, value)
     return backend(query, key, value, attn_mask=attn_mask)
