@@ -22,9 +22,10 @@ calibrator (`--cachedit-taylorseer THRESHOLD:ORDER`; each case has its own defau
 DiT, whose residuals change too much between steps for small thresholds to cache anything); with true CFG (demo)
 both in cache-dit's own mode for
 FluxPipeline (the conditional and unconditional calls share one cache context) and with its `enable_separate_cfg`
-(one context per branch). SGLang Diffusion (when `--sglang-python` names a built environment; absent, the reason is
-printed): exact, and its cache-dit integration at the same thresholds with SGLang's own defaults (warm-up 4, at most 3
-cached steps in a row); its TeaCache is reported, not run, where its FLUX DiT does not implement it.
+(one context per branch). SGLang Diffusion (sglang_engine.py, in its own process; when `--sglang-python` names a
+built environment; absent, the reason is printed): exact, and its cache-dit integration at the same thresholds with
+SGLang's own defaults (warm-up 4, at most 3 cached steps in a row); its TeaCache is reported, not run, where its FLUX
+DiT does not implement it.
 
 Measured per row: mean wall seconds per image (the whole generate call, model loading excluded, after a warm-up
 generation per engine and per cached path; rows run interleaved, their order rotated every prompt, so that drift on a
@@ -49,12 +50,6 @@ import json
 import logging
 import math
 import os
-import queue
-import re
-import shutil
-import subprocess
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +58,7 @@ os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # read when cache_dit is 
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from sglang_engine import DEFAULT_SGLANG_PYTHON, SGLangEngine, SGLangError, sglang_python_unavailable  # noqa: E402
 
 from easel import DiffGenerator  # noqa: E402
 from easel.demo import DEMO_MODEL_PATH  # noqa: E402
@@ -102,7 +98,6 @@ FLUX_PROMPTS = [
     "a bowl of ramen on a wooden table, studio lighting",
     "an astronaut riding a horse on the moon",
 ]
-DEFAULT_SGLANG_VENV = Path(tempfile.gettempdir()) / "sglvenv"  # what ../shared/tools/sglang-cpu-venv.sh builds
 PSNR_CAP_DB = 100.0  # an identical image's PSNR is infinite; it counts as this in a mean
 PSNR_BAR_DB = 32.0
 # "Within 2 points" of the exact path, either way. One image of 16 held-out prompts is 6 points, so a single flipped
@@ -261,213 +256,32 @@ class DiffusersEngine:
         pass
 
 
-# The SGLang side runs in SGLang's own environment (a separate Python): this text is written to a temporary file and
-# started with that Python; it answers one JSON line per request on stdout (tagged, since SGLang logs there too) and
-# saves each image as .npy. SGLang spawns its worker process, which imports this file again as `__mp_main__`: the
-# module-level hook below therefore runs inside the worker, where the denoising happens, and appends per request how
-# many transformer calls cache-dit served from its cache to the file named by BENCH_SGLANG_STATS.
-SGLANG_DRIVER = r'''
-import json, os, sys, time
+class SGLangRows:
+    """SGLang Diffusion (sglang_engine.SGLangEngine, in its own environment) running this benchmark's rows: its exact
+    path and its cache-dit integration, counting the transformer calls cache-dit served."""
 
-import numpy as np
-import torch
-
-torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-TAG = "@@BENCH@@ "
-
-
-def _install_stats_hook():
-    path = os.environ.get("BENCH_SGLANG_STATS")
-    try:
-        from sglang.multimodal_gen.runtime.pipelines_core.stages.denoising import DenoisingStage
-    except Exception:
-        return
-    original = DenoisingStage.forward
-
-    def forward(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        skipped = 0
-        if getattr(self, "_cache_dit_enabled", False):
-            transformer = getattr(self, "transformer", None)
-            manager = getattr(transformer, "_context_manager", None)
-            names = getattr(transformer, "_context_names", None)
-            try:
-                context = manager.get_context(names[0])
-                skipped = len(context.get_cached_steps()) + len(context.get_cfg_cached_steps())
-            except Exception:
-                skipped = None
-        if path:
-            with open(path, "a") as stats:
-                stats.write(json.dumps({"skipped": skipped}) + "\n")
-        return out
-
-    DenoisingStage.forward = forward
-
-
-_install_stats_hook()
-
-
-def _say(message):
-    print(TAG + json.dumps(message), flush=True)
-
-
-def _teacache_note():
-    """None where SGLang's FLUX path can run TeaCache; else why not."""
-    import inspect
-
-    from sglang.multimodal_gen.configs.sample.flux import FluxSamplingParams
-    from sglang.multimodal_gen.runtime.models.dits import flux
-
-    source = inspect.getsource(flux.FluxTransformer2DModel.forward)
-    hooks = ("should_skip_forward_for_cached_states", "maybe_cache_states", "_compute_teacache_decision")
-    reasons = []
-    if not any(hook in source for hook in hooks):
-        reasons.append("its FLUX DiT (FluxTransformer2DModel.forward) never consults the TeaCache hooks it inherits")
-    if getattr(FluxSamplingParams, "teacache_params", None) is None:
-        reasons.append("FluxSamplingParams carries no TeaCache coefficients (teacache_params is None)")
-    return "; ".join(reasons) or None
-
-
-def _stats_lines(path):
-    try:
-        with open(path) as stats:
-            return stats.read().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def main():
-    config = json.load(open(sys.argv[1]))
-    from sglang.multimodal_gen import DiffGenerator
-
-    server = dict(config["server"])
-    server["text_encoder_precisions"] = tuple(server["text_encoder_precisions"])
-    generator = DiffGenerator.from_pretrained(**server)
-    import sglang
-
-    _say({"ready": True, "version": getattr(sglang, "__version__", "?"), "teacache": _teacache_note()})
-    stats_path = os.environ.get("BENCH_SGLANG_STATS", "")
-    for line in sys.stdin:
-        message = json.loads(line)
-        if message.get("op") == "quit":
-            break
-        seen = len(_stats_lines(stats_path))
-        error = None
-        start = time.perf_counter()
-        try:
-            result = generator.generate(sampling_params_kwargs=message["kwargs"])
-        except Exception as exc:
-            result, error = None, f"{type(exc).__name__}: {exc}"
-        seconds = time.perf_counter() - start
-        if isinstance(result, list):
-            result = result[0] if result else None
-        if result is None or result.samples is None:
-            _say({"error": error or "SGLang returned no image"})
-            continue
-        samples = result.samples
-        if isinstance(samples, torch.Tensor):
-            samples = samples.detach().float().cpu().numpy()
-        samples = np.asarray(samples, dtype=np.float32)
-        while samples.ndim > 3:
-            samples = samples[0]
-        np.save(message["npy"], np.moveaxis(samples, 0, -1))  # CHW -> HWC
-        lines = _stats_lines(stats_path)
-        skipped = json.loads(lines[-1])["skipped"] if len(lines) > seen else None
-        _say({"seconds": seconds, "skipped": skipped})
-    generator.shutdown()
-
-
-if __name__ == "__main__":
-    main()
-'''
-
-
-def sglang_python_unavailable(python: Path) -> str | None:
-    """Why the SGLang environment at `python` cannot be used, or None."""
-    if not python.exists():
-        return f"no SGLang environment at {python} (build one with ../shared/tools/sglang-cpu-venv.sh)"
-    shim = python.parent.parent / "shim"
-    if not (shim / "sitecustomize.py").exists():
-        return f"{python} has no {shim}/sitecustomize.py (build it with ../shared/tools/sglang-cpu-venv.sh)"
-    return None
-
-
-class SGLangEngine:
     name = "sglang"
 
     def __init__(self, python: Path, folder: Path, request: dict[str, Any], embedded_cfg: float, threads: int):
-        self.workdir = Path(tempfile.mkdtemp(prefix="bench_cache_sglang_"))
-        driver = self.workdir / "driver.py"
-        driver.write_text(SGLANG_DRIVER)
-        server = {
-            "model_path": str(folder.resolve()),  # the driver runs in its own working directory
-            "model_id": "FLUX.1-dev",  # SGLang's registry would not recognise the folder by its path
-            "backend": "sglang",  # with "auto" an unrecognised folder silently runs SGLang's Diffusers wrapper
-            "num_gpus": 1,
-            "dit_precision": "fp32",
-            "vae_precision": "fp32",
-            "text_encoder_precisions": ["fp32", "fp32"],
-            "embedded_cfg_scale": embedded_cfg,  # a server argument in SGLang, not the request's guidance_scale
-            "sleep_on_idle": True,  # its idle scheduler spins a core otherwise
-            "disable_conditioning_cache": True,  # it caches text encodings across requests otherwise
-        }
-        (self.workdir / "config.json").write_text(json.dumps({"server": server}))
-        env = dict(os.environ)
-        env.update(
-            PYTHONPATH=str(python.parent.parent / "shim"),
-            OMP_NUM_THREADS=str(threads),
-            BENCH_THREADS=str(threads),
-            BENCH_SGLANG_STATS=str(self.workdir / "stats.jsonl"),
-        )
-        self.log_path = self.workdir / "sglang.log"
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [str(python), str(driver), str(self.workdir / "config.json")],
-            cwd=self.workdir,  # SGLang writes its outputs/ folder relative to the working directory
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        self.replies: queue.Queue = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.request = request
-        self.count = 0
-        self.failed = False  # its folder (driver, log) is kept for a look when anything failed
-        ready = self._reply(timeout=900)
-        if "ready" not in ready:
-            if self.process.poll() is None:
-                self.process.kill()  # only the driver this benchmark started
-            raise RowError(ready.get("error", "SGLang did not start"))
-        self.version = ready.get("version")
-        self.teacache_note = ready.get("teacache")
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            if line.startswith("@@BENCH@@ "):
-                self.replies.put(json.loads(line[len("@@BENCH@@ ") :]))
-            else:
-                self.log.write(line)
-        self.replies.put({"error": f"the SGLang driver exited (log: {self.log_path}): {self._last_error()}"})
-
-    def _reply(self, timeout: float) -> dict[str, Any]:
         try:
-            return self.replies.get(timeout=timeout)
-        except queue.Empty:
-            return {"error": f"no answer from SGLang in {timeout:.0f} s (log: {self.log_path})"}
-
-    def _last_error(self) -> str:
-        self.log.flush()
-        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log_path.read_text(errors="replace"))
-        found = re.findall(r"Error (?:executing request|during execution)[^:]*: (.*)", text)
-        tail = [line for line in text.splitlines() if line.strip()][-1:]
-        return found[-1].strip() if found else (tail[0] if tail else "no log")
+            self.engine = SGLangEngine(
+                python,
+                folder,
+                embedded_cfg=embedded_cfg,
+                threads=threads,
+                cache_stats=True,
+                teacache_probe=True,
+                workdir_prefix="bench_cache_sglang_",
+            )
+        except SGLangError as exc:
+            raise RowError(str(exc)) from exc
+        self.version = self.engine.version
+        self.teacache_note = self.engine.teacache_note
+        self.request = request
 
     def run(self, row: Row, prompt: str, seed: int) -> tuple[float, np.ndarray, float | None]:
         setting: CacheDit | None = row.config
-        kwargs = {**self.request, "prompt": prompt, "seed": seed, "save_output": False}
+        kwargs = {**self.request, "prompt": prompt, "seed": seed}
         if setting is None:
             kwargs["enable_cache_dit"] = False
         else:
@@ -475,32 +289,15 @@ class SGLangEngine:
             if setting.taylorseer_order:
                 params.update(enable_taylorseer=True, taylorseer_order=setting.taylorseer_order)
             kwargs.update(enable_cache_dit=True, cache_dit_params=params)
-        self.count += 1
-        npy = self.workdir / f"image{self.count}.npy"
-        self.process.stdin.write(json.dumps({"kwargs": kwargs, "npy": str(npy)}) + "\n")
-        self.process.stdin.flush()
-        reply = self._reply(timeout=600)
-        if "error" in reply:
-            self.failed = True
-            raise RowError(f"{reply['error']}; SGLang's log says: {self._last_error()}")
-        image = np.load(npy)
-        npy.unlink()
+        try:
+            reply = self.engine.generate(kwargs)
+        except SGLangError as exc:
+            raise RowError(str(exc)) from exc
         calls = self.request["num_inference_steps"] * (2 if "negative_prompt" in self.request else 1)
-        skipped = reply.get("skipped")
-        return reply["seconds"], image, None if skipped is None else skipped / calls
+        return reply.seconds, reply.image, None if reply.skipped is None else reply.skipped / calls
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
-                self.process.stdin.flush()
-                self.process.wait(timeout=120)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()  # only the driver this benchmark started
-        self.reader.join(timeout=30)  # it reports the exit from the log, so the log closes after it
-        self.log.close()
-        if not self.failed:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.engine.close()
 
 
 # --- the cases -------------------------------------------------------------------------------------------------------
@@ -599,7 +396,7 @@ def start_engines(case: Case, args: argparse.Namespace, notes: list[str]) -> tup
         if reason is None:
             print(f"starting SGLang ({python}) ...", flush=True)
             try:
-                engine = SGLangEngine(python, case.folder, case.sglang_request, case.embedded_cfg, args.threads)
+                engine = SGLangRows(python, case.folder, case.sglang_request, case.embedded_cfg, args.threads)
             except RowError as exc:
                 reason = f"SGLang did not start: {exc}"
             else:
@@ -843,7 +640,7 @@ def main() -> None:
         default="both",
         help="Diffusers with true CFG: cache-dit's own mode for FluxPipeline, enable_separate_cfg, or both",
     )
-    parser.add_argument("--sglang-python", default=str(DEFAULT_SGLANG_VENV / "bin" / "python"))
+    parser.add_argument("--sglang-python", default=str(DEFAULT_SGLANG_PYTHON))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (SGLang's too)")
     parser.add_argument("--cache-dir", default="build/bench", help="where the flux70m folder is kept")
     parser.add_argument("--json", type=Path, help="also write the tables here")
