@@ -1,10 +1,18 @@
 """Shared fixtures: tiny random-weight pipelines, built once per test session into a temporary folder, and an HTTP
 client on a module's server."""
 
-import pytest
+import os
+
 import torch
 
-from easel.testing import build_tiny_pipeline
+# Triton's interpreter runs its kernels on CPU tensors (tests/test_triton_kernels.py, --kernel-backend triton); Triton
+# reads this when it is first imported, which easel.testing's imports already do.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from easel.testing import build_tiny_pipeline  # noqa: E402
 
 # Outputs move in the low bits with the thread count; pin it so that every comparison runs alike.
 torch.set_num_threads(1)

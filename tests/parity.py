@@ -52,6 +52,7 @@ class PipelineParityMixin:
     prompt = "a red circle on a blue background"
     other_prompt = "a small green square on the left"
     seed = 0
+    engine_options: dict = {}  # ServerArgs fields Easel loads the folder with
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -59,7 +60,7 @@ class PipelineParityMixin:
         folder = cls.build_folder(tiny_pipeline, tmp_path_factory)
         reference = cls.load_reference(folder)
         reference.set_progress_bar_config(disable=True)
-        return DiffGenerator.from_pretrained(folder, progress_bar=False), reference
+        return DiffGenerator.from_pretrained(folder, progress_bar=False, **cls.engine_options), reference
 
     @classmethod
     def build_folder(cls, tiny_pipeline, tmp_path_factory) -> Path:

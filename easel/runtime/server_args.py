@@ -11,6 +11,7 @@ from easel.runtime.cache.spec import parse_cache_spec
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPONENT_KINDS = ("dit", "vae", "text_encoder")
+KERNEL_BACKENDS = ("auto", "torch", "triton")  # easel/runtime/layers/kernel_backend.py
 
 
 @dataclasses.dataclass
@@ -23,7 +24,10 @@ class ServerArgs:
     dit_precision: str = "auto"
     vae_precision: str = "auto"
     text_encoder_precision: str = "auto"
-    attention_backend: str = "torch_sdpa"
+    # Single-device speed (README: Speed). "auto" attention: FlashAttention on a GPU where installed, else PyTorch's
+    # SDPA; "auto" kernels: Easel's Triton kernels on CUDA, PyTorch's ops elsewhere.
+    attention_backend: str = "auto"
+    kernel_backend: str = "auto"
     cache: str = "none"  # the step-cache spec of requests that give none (easel/runtime/cache/spec.py)
     # Decode (and encode) in tiles, and one sample at a time, so that long or large videos do not need every
     # full-resolution frame in memory at once (Diffusers' VAE tiling and slicing).
@@ -54,6 +58,8 @@ class ServerArgs:
                 raise InvalidInputError(
                     f"{kind}_precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}"
                 )
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise InvalidInputError(f"kernel_backend must be one of {KERNEL_BACKENDS}, got {self.kernel_backend!r}")
         parse_cache_spec(self.cache)  # a bad spec fails at start-up, not at the first request
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise InvalidInputError(f"unknown log level {self.log_level!r}")

@@ -12,6 +12,7 @@ from easel.runtime.layers.attention import (
     set_attention_backend,
 )
 from easel.runtime.layers.embeddings import MLPEmbedder, timestep_embedding
+from easel.runtime.layers.kernel_backend import active_kernel_backend, set_kernel_backend
 from easel.runtime.layers.layernorm import (
     AdaLNContinuous,
     LayerNormScaleShift,
@@ -20,16 +21,19 @@ from easel.runtime.layers.layernorm import (
     RMSNormCastBeforeWeight,
     RMSNormScaleShift,
     apply_qk_norm,
+    apply_qk_norm_rope,
     clip_fp16,
+    gated_residual,
     modulate,
 )
 from easel.runtime.layers.linear import ColumnParallelLinear, RowParallelLinear
-from easel.runtime.layers.mlp import FeedForward
+from easel.runtime.layers.mlp import FeedForward, gelu_tanh
 from easel.runtime.layers.rotary import (
     apply_rotary_emb,
     multi_axis_rope_frequencies,
     polar_rope_frequencies,
     rope_frequencies,
+    split_rope,
 )
 
 __all__ = [
@@ -43,9 +47,13 @@ __all__ = [
     "RMSNormCastBeforeWeight",
     "RMSNormScaleShift",
     "RowParallelLinear",
+    "active_kernel_backend",
     "apply_qk_norm",
+    "apply_qk_norm_rope",
     "apply_rotary_emb",
     "clip_fp16",
+    "gated_residual",
+    "gelu_tanh",
     "modulate",
     "active_attention_backend",
     "attention",
@@ -59,5 +67,7 @@ __all__ = [
     "polar_rope_frequencies",
     "rope_frequencies",
     "set_attention_backend",
+    "set_kernel_backend",
+    "split_rope",
     "timestep_embedding",
 ]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from easel.errors import EaselError
 from easel.runtime.distributed.parallel_state import get_sp_world_size
-from easel.runtime.layers.layernorm import apply_qk_norm
+from easel.runtime.layers.layernorm import apply_qk_norm, apply_qk_norm_rope
 from easel.runtime.layers.parallel_attention import sequence_parallel_attention
 
 # backend(query, key, value) -> out, all (B, L, H, D); backends that support padding masks also take
@@ -180,10 +180,14 @@ def project_qkv(
     q_norm: torch.nn.Module | None,
     k_norm: torch.nn.Module | None,
     head_dim: int,
+    freqs_cis: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Projects x (B, L, D) to per-head query, key, value (B, L, H, head_dim), with qk-norm when norms are given."""
+    """Projects x (B, L, D) to per-head query, key, value (B, L, H, head_dim), with qk-norm when norms are given and
+    the rotary embedding of x's positions when freqs_cis (cos, sin) is (one fused pass with the Triton backend)."""
     split = (-1, head_dim)  # the head count follows from the width, which tensor parallelism will shard
     query, key = to_q(x).unflatten(-1, split), to_k(x).unflatten(-1, split)
-    if q_norm is not None:
+    if freqs_cis is not None:
+        query, key = apply_qk_norm_rope(query, key, q_norm, k_norm, *freqs_cis)
+    elif q_norm is not None:
         query, key = apply_qk_norm(query, key, q_norm, k_norm)
     return query, key, to_v(x).unflatten(-1, split)

@@ -6,7 +6,10 @@ from torch import nn
 
 from easel.runtime.distributed.communication import all_reduce
 from easel.runtime.distributed.parallel_state import get_tp_world_size
+from easel.runtime.layers import triton_kernels
+from easel.runtime.layers.kernel_backend import use_triton
 from easel.runtime.layers.linear import _shard_dim, _split_width
+from easel.runtime.layers.rotary import apply_rotary_emb
 
 
 class RMSNorm(nn.Module):
@@ -68,6 +71,15 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+def gated_residual(residual: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """adaLN-Zero's block output `residual + gate * branch` in residual's dtype: residual and branch (B, L, D), gate
+    (B, D) per sample or (B, 1 or L, D); a float32 gate (Wan's) makes the sum float32 before the one rounding."""
+    if use_triton(residual):
+        return triton_kernels.gated_residual(residual, gate, branch)
+    gate = gate[:, None] if gate.ndim == 2 else gate  # (B, 1 or L, D)
+    return (residual + gate * branch).to(residual.dtype)
+
+
 class LayerNormScaleShift(nn.Module):
     """LayerNorm without affine weights, then the adaLN modulation `x * (1 + scale) + shift`."""
 
@@ -77,6 +89,8 @@ class LayerNormScaleShift(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if use_triton(x):
+            return triton_kernels.layer_norm_scale_shift(x, shift, scale, self.eps)
         return modulate(F.layer_norm(x, (self.dim,), eps=self.eps), shift, scale)
 
 
@@ -84,6 +98,8 @@ class RMSNormScaleShift(RMSNorm):
     """RMSNorm (with its learned scale), then the adaLN modulation `x * (1 + scale) + shift`."""
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if use_triton(x):
+            return triton_kernels.rms_norm_scale_shift(x, self.weight, shift, scale, self.eps)
         return modulate(super().forward(x), shift, scale)
 
 
@@ -92,6 +108,23 @@ def apply_qk_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalizes each head of query and key, (B, L, H, D), over D; keeps attention logits bounded."""
     return query_norm(query), key_norm(key)
+
+
+def apply_qk_norm_rope(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    query_norm: RMSNorm | None,
+    key_norm: RMSNorm | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """qk-norm of each head of query and key (B, L, H, D) over D (when norms are given), then the interleaved rotary
+    embedding by cos/sin (L, D) or (B, L, D): one pass over each with the Triton backend."""
+    if query_norm is not None and use_triton(query) and query_norm.eps == key_norm.eps:
+        return triton_kernels.qk_norm_rope(query, key, query_norm.weight, key_norm.weight, cos, sin, query_norm.eps)
+    if query_norm is not None:
+        query, key = apply_qk_norm(query, key, query_norm, key_norm)
+    return apply_rotary_emb(query, cos, sin), apply_rotary_emb(key, cos, sin)
 
 
 class AdaLNContinuous(nn.Module):

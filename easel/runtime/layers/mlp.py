@@ -4,7 +4,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from easel.runtime.layers import triton_kernels
+from easel.runtime.layers.kernel_backend import use_triton
 from easel.runtime.layers.linear import ColumnParallelLinear, RowParallelLinear
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """The tanh-approximated GELU, the DiT MLPs' activation."""
+    if use_triton(x):
+        return triton_kernels.gelu_tanh(x)
+    return F.gelu(x, approximate="tanh")
 
 
 class TanhGELUProjection(nn.Module):
@@ -15,7 +24,7 @@ class TanhGELUProjection(nn.Module):
         self.proj = ColumnParallelLinear(dim, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.proj(x), approximate="tanh")
+        return gelu_tanh(self.proj(x))
 
 
 class FeedForward(nn.Module):

@@ -49,6 +49,15 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return torch.view_as_real(pairs * angles).flatten(-2).to(x.dtype)
 
 
+def split_rope(
+    freqs_cis: tuple[torch.Tensor, torch.Tensor], first: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(cos, sin) of a joint sequence, (..., L, D) each, as the tables of its first `first` positions and the rest:
+    a joint attention rotates each stream with its own projections' output before joining them."""
+    cos, sin = freqs_cis
+    return (cos[..., :first, :], sin[..., :first, :]), (cos[..., first:, :], sin[..., first:, :])
+
+
 def polar_rope_frequencies(
     position_ids: torch.Tensor, axes_dims: Sequence[int], theta: float = 10000.0
 ) -> tuple[torch.Tensor, torch.Tensor]:

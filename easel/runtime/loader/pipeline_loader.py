@@ -4,6 +4,7 @@ from easel.configs.sample.base import SamplingParams
 from easel.errors import InvalidInputError, ModelLoadError
 from easel.registry import ModelFamily, resolve_model_family, resolve_pipeline_class
 from easel.runtime.layers.attention import set_attention_backend
+from easel.runtime.layers.kernel_backend import set_kernel_backend
 from easel.runtime.loader.component_loader import read_model_index
 from easel.runtime.loader.model_path import resolve_model_path
 from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
@@ -29,4 +30,5 @@ def load_pipeline(server_args: ServerArgs) -> tuple[ComposedPipelineBase, ModelF
         raise ModelLoadError(f"{folder / 'model_index.json'}: {SAMPLING_DEFAULTS_KEY}: {error}") from None
     server_args.pipeline_config = family.pipeline_config_cls()
     set_attention_backend(server_args.attention_backend)
+    set_kernel_backend(server_args.kernel_backend)
     return pipeline_cls(folder, server_args), family, sampling_defaults

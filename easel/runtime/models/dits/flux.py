@@ -24,11 +24,13 @@ from easel.runtime.layers import (
     MLPEmbedder,
     RMSNorm,
     RowParallelLinear,
-    apply_rotary_emb,
     attention,
     clip_fp16,
+    gated_residual,
+    gelu_tanh,
     multi_axis_rope_frequencies,
     project_qkv,
+    split_rope,
     timestep_embedding,
 )
 from easel.runtime.models.dits.block_stack import BlockStack, BlockStackDiT
@@ -134,24 +136,17 @@ class JointAttention(nn.Module):
         Double-stream: x is the (B, L, D) image, context the (B, T, D) text; returns both projected outputs.
         attn_mask: (B, T + L) key mask, or None; only sequence parallelism's padding sets it.
         """
-        query, key, value = project_qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, self.head_dim)
-        if context is not None:
-            context_qkv = project_qkv(
-                context,
-                self.add_q_proj,
-                self.add_k_proj,
-                self.add_v_proj,
-                self.norm_added_q,
-                self.norm_added_k,
-                self.head_dim,
-            )
-            # Text tokens first, matching the order of freqs_cis.
-            query, key, value = (
-                torch.cat([c, s], dim=1) for c, s in zip(context_qkv, (query, key, value), strict=True)
-            )
-
-        cos, sin = freqs_cis
-        query, key = apply_rotary_emb(query, cos, sin), apply_rotary_emb(key, cos, sin)
+        if context is None:
+            projections = (self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+            query, key, value = project_qkv(x, *projections, self.head_dim, freqs_cis)
+        else:
+            # Text tokens first, matching the order of freqs_cis; each stream rotated as it is projected.
+            text_freqs, image_freqs = split_rope(freqs_cis, context.shape[1])
+            text_projections = (self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q, self.norm_added_k)
+            context_qkv = project_qkv(context, *text_projections, self.head_dim, text_freqs)
+            image_projections = (self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+            image_qkv = project_qkv(x, *image_projections, self.head_dim, image_freqs)
+            query, key, value = (torch.cat([c, i], dim=1) for c, i in zip(context_qkv, image_qkv, strict=True))
         out = attention(query, key, value, attn_mask).flatten(2)  # (B, T + L, inner)
         if context is None:
             return out
@@ -194,11 +189,12 @@ class FluxDoubleStreamBlock(nn.Module):
         attn_out, context_attn_out = self.attn(x_norm, freqs_cis, context=c_norm, attn_mask=attn_mask)
 
         # Gated residuals: the gates are (B, D), shared by all tokens of a sample.
-        x = x + gate_attn[:, None] * attn_out
-        x = x + gate_mlp[:, None] * self.ff(self.norm2(x, shift_mlp, scale_mlp))
+        x = gated_residual(x, gate_attn, attn_out)
+        x = gated_residual(x, gate_mlp, self.ff(self.norm2(x, shift_mlp, scale_mlp)))
 
-        context = context + c_gate_attn[:, None] * context_attn_out
-        context = context + c_gate_mlp[:, None] * self.ff_context(self.norm2_context(context, c_shift_mlp, c_scale_mlp))
+        context = gated_residual(context, c_gate_attn, context_attn_out)
+        context_mlp = self.ff_context(self.norm2_context(context, c_shift_mlp, c_scale_mlp))
+        context = gated_residual(context, c_gate_mlp, context_mlp)
         return x, clip_fp16(context)
 
 
@@ -220,9 +216,9 @@ class FluxSingleStreamBlock(nn.Module):
     ) -> torch.Tensor:
         """x: text + image tokens (B, T + L, D); cond: (B, D)."""
         x_norm, (gate,) = self.norm(x, cond)
-        mlp_out = F.gelu(self.proj_mlp(x_norm), approximate="tanh")  # (B, T + L, 4 D)
+        mlp_out = gelu_tanh(self.proj_mlp(x_norm))  # (B, T + L, 4 D)
         attn_out = self.attn(x_norm, freqs_cis, attn_mask=attn_mask)  # (B, T + L, D)
-        x = x + gate[:, None] * self.proj_out(torch.cat([attn_out, mlp_out], dim=2))
+        x = gated_residual(x, gate, self.proj_out(torch.cat([attn_out, mlp_out], dim=2)))
         return clip_fp16(x)
 
 

@@ -26,10 +26,11 @@ from easel.runtime.layers import (
     MLPEmbedder,
     RMSNormCastBeforeWeight,
     RowParallelLinear,
-    apply_rotary_emb,
     attention,
     clip_fp16,
+    gated_residual,
     project_qkv,
+    split_rope,
     timestep_embedding,
 )
 from easel.runtime.models.dits.block_stack import BlockStack, BlockStackDiT
@@ -185,20 +186,13 @@ class JointAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: image (B, L, D); context: text (B, T, D); freqs_cis: (T + L, head_dim) each; attn_mask: (B, T + L)
         bool or None. Returns the projected image and text outputs."""
-        image_qkv = project_qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, self.head_dim)
-        text_qkv = project_qkv(
-            context,
-            self.add_q_proj,
-            self.add_k_proj,
-            self.add_v_proj,
-            self.norm_added_q,
-            self.norm_added_k,
-            self.head_dim,
-        )
-        # Text tokens first, matching the order of freqs_cis.
+        # Text tokens first, matching the order of freqs_cis; each stream rotated as it is projected.
+        text_freqs, image_freqs = split_rope(freqs_cis, context.shape[1])
+        image_projections = (self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+        image_qkv = project_qkv(x, *image_projections, self.head_dim, image_freqs)
+        text_projections = (self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q, self.norm_added_k)
+        text_qkv = project_qkv(context, *text_projections, self.head_dim, text_freqs)
         query, key, value = (torch.cat([t, i], dim=1) for t, i in zip(text_qkv, image_qkv, strict=True))
-        cos, sin = freqs_cis
-        query, key = apply_rotary_emb(query, cos, sin), apply_rotary_emb(key, cos, sin)
         out = attention(query, key, value, attn_mask).flatten(2)  # (B, T + L, inner)
 
         context_out, out = out.split([context.shape[1], x.shape[1]], dim=1)
@@ -252,13 +246,13 @@ class QwenImageTransformerBlock(nn.Module):
         c_norm, txt_gate_attn = _modulate(self.txt_norm1, context, txt_mod_attn, None)
         attn_out, context_attn_out = self.attn(x_norm, c_norm, freqs_cis, attn_mask)
         # Gated residuals.
-        x = x + img_gate_attn * attn_out
-        context = context + txt_gate_attn * context_attn_out
+        x = gated_residual(x, img_gate_attn, attn_out)
+        context = gated_residual(context, txt_gate_attn, context_attn_out)
 
         x_norm, img_gate_mlp = _modulate(self.img_norm2, x, img_mod_mlp, num_noisy_tokens)
-        x = x + img_gate_mlp * self.img_mlp(x_norm)
+        x = gated_residual(x, img_gate_mlp, self.img_mlp(x_norm))
         c_norm, txt_gate_mlp = _modulate(self.txt_norm2, context, txt_mod_mlp, None)
-        context = context + txt_gate_mlp * self.txt_mlp(c_norm)
+        context = gated_residual(context, txt_gate_mlp, self.txt_mlp(c_norm))
         return clip_fp16(x), clip_fp16(context)
 
 

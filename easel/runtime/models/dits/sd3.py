@@ -28,6 +28,7 @@ from easel.runtime.layers import (
     RMSNormCastBeforeWeight,
     RowParallelLinear,
     attention,
+    gated_residual,
     modulate,
     project_qkv,
     timestep_embedding,
@@ -250,16 +251,17 @@ class SD3JointBlock(nn.Module):
         attn_out, context_attn_out = self.attn(x_in, context_in, joint_mask)
 
         # Gated residuals: the gates are (B, D), shared by all tokens of a sample.
-        x = x + gate_msa[:, None] * attn_out
+        x = gated_residual(x, gate_msa, attn_out)
         if self.attn2 is not None:
             shift_msa2, scale_msa2, gate_msa2 = second
-            x = x + gate_msa2[:, None] * self.attn2(modulate(x_norm, shift_msa2, scale_msa2), attn_mask=image_mask)
-        x = x + gate_mlp[:, None] * self.ff(self.norm2(x, shift_mlp, scale_mlp))
+            x = gated_residual(x, gate_msa2, self.attn2(modulate(x_norm, shift_msa2, scale_msa2), attn_mask=image_mask))
+        x = gated_residual(x, gate_mlp, self.ff(self.norm2(x, shift_mlp, scale_mlp)))
         if self.context_pre_only:
             return x, context
 
-        context = context + c_gate_msa[:, None] * context_attn_out
-        context = context + c_gate_mlp[:, None] * self.ff_context(self.norm2_context(context, c_shift_mlp, c_scale_mlp))
+        context = gated_residual(context, c_gate_msa, context_attn_out)
+        context_mlp = self.ff_context(self.norm2_context(context, c_shift_mlp, c_scale_mlp))
+        context = gated_residual(context, c_gate_mlp, context_mlp)
         return x, context
 
 

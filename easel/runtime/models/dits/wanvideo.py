@@ -25,6 +25,7 @@ from easel.runtime.layers import (
     RowParallelLinear,
     apply_rotary_emb,
     attention,
+    gated_residual,
     multi_axis_rope_frequencies,
     timestep_embedding,
 )
@@ -276,13 +277,13 @@ class WanTransformerBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = self.modulation(timestep_proj)
 
         attn_out = self.attn1(self.modulated_input(x, shift_msa, scale_msa), freqs_cis=freqs_cis, attn_mask=attn_mask)
-        x = (x.float() + attn_out * gate_msa).type_as(x)
+        x = gated_residual(x, gate_msa, attn_out)
 
         x_norm = self.norm2(x.float()).type_as(x)
         x = x + self.attn2(x_norm, context=context, image_context=image_context)
 
         ff_out = self.ffn(fp32_modulate(self.norm3, x, c_shift, c_scale))
-        return (x.float() + ff_out.float() * c_gate).type_as(x)
+        return gated_residual(x, c_gate, ff_out)
 
 
 #################################################################################

@@ -30,9 +30,9 @@ from easel.runtime.layers import (
     ColumnParallelLinear,
     RMSNormCastBeforeWeight,
     RowParallelLinear,
-    apply_qk_norm,
-    apply_rotary_emb,
+    apply_qk_norm_rope,
     attention,
+    gated_residual,
     polar_rope_frequencies,
     timestep_embedding,
 )
@@ -212,10 +212,7 @@ class ZImageAttention(nn.Module):
         """x (B, L, D); freqs_cis (L, head_dim) or (B, L, head_dim) each; attn_mask (B, L) or None."""
         split = (-1, self.head_dim)  # the head count follows from the width, which TP will shard
         query, key, value = (proj(x).unflatten(-1, split) for proj in (self.to_q, self.to_k, self.to_v))
-        if self.norm_q is not None:
-            query, key = apply_qk_norm(query, key, self.norm_q, self.norm_k)
-        cos, sin = freqs_cis
-        query, key = apply_rotary_emb(query, cos, sin), apply_rotary_emb(key, cos, sin)
+        query, key = apply_qk_norm_rope(query, key, self.norm_q, self.norm_k, *freqs_cis)
         out = attention(query, key, value, attn_mask).flatten(2)  # (B, L, D)
         return self.to_out[0](out)
 
@@ -278,8 +275,8 @@ class ZImageTransformerBlock(nn.Module):
 
         scale_msa, gate_msa, scale_mlp, gate_mlp = self.modulation(cond)
         attn_out = self.attention(self.modulated_input(x, scale_msa), freqs_cis, attn_mask)
-        x = x + gate_msa * self.attention_norm2(attn_out)
-        return x + gate_mlp * self.ffn_norm2(self.feed_forward(self.ffn_norm1(x) * scale_mlp))
+        x = gated_residual(x, gate_msa, self.attention_norm2(attn_out))
+        return gated_residual(x, gate_mlp, self.ffn_norm2(self.feed_forward(self.ffn_norm1(x) * scale_mlp)))
 
 
 class FinalLayer(nn.Module):
