@@ -65,7 +65,35 @@ def add_engine_arguments(group: argparse._ArgumentGroup) -> None:
     precisions = ["auto", "fp32", "bf16", "fp16"]  # ServerArgs.PRECISIONS; spelled out so --help needs no torch
     for kind in ("dit", "vae", "text-encoder"):
         group.add_argument(f"--{kind}-precision", default="auto", choices=precisions, help=f"{kind} weights dtype")
-    group.add_argument("--attention-backend", default="torch_sdpa", help="attention implementation")
+    # Speed (README: Speed); the choices are spelled out, as the precisions are, so that --help needs no torch.
+    group.add_argument(
+        "--attention-backend",
+        default="auto",
+        choices=["auto", "torch_sdpa", "flash_attn", "sage_attn"],
+        help="attention kernels (auto: FlashAttention on a GPU where installed, else PyTorch's; sage_attn is lossy)",
+    )
+    group.add_argument(
+        "--kernel-backend",
+        default="auto",
+        choices=["auto", "torch", "triton"],
+        help="the fused norm/modulate/gate/rotary/GELU layers: Easel's Triton kernels or PyTorch's ops (auto: Triton "
+        "on CUDA)",
+    )
+    group.add_argument(
+        "--enable-torch-compile",
+        action="store_true",
+        help="regional torch.compile: each DiT block class compiled once and reused (the first request compiles)",
+    )
+    group.add_argument(
+        "--dit-quantization",
+        choices=["int8wo", "fp8"],
+        help="lossy: the DiT blocks' weights in int8 (weight-only) or fp8 with fp8 activations (Hopper/Ada GPUs)",
+    )
+    group.add_argument(
+        "--dit-layerwise-offload",
+        action="store_true",
+        help="DiT blocks kept in host memory, each copied to the GPU just ahead of its turn (big models, small GPUs)",
+    )
     group.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images, long videos")
     group.add_argument("--vae-slicing", action="store_true", help="decode one sample at a time")
     group.add_argument("--log-level", default="warning", help="debug, info, warning or error")
@@ -139,6 +167,10 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         "vae_precision": args.vae_precision,
         "text_encoder_precision": args.text_encoder_precision,
         "attention_backend": args.attention_backend,
+        "kernel_backend": args.kernel_backend,
+        "enable_torch_compile": args.enable_torch_compile,
+        "dit_quantization": args.dit_quantization,
+        "dit_layerwise_offload": args.dit_layerwise_offload,
         "vae_tiling": args.vae_tiling,
         "vae_slicing": args.vae_slicing,
         "log_level": args.log_level,

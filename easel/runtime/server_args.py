@@ -12,6 +12,7 @@ from easel.runtime.cache.spec import parse_cache_spec
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPONENT_KINDS = ("dit", "vae", "text_encoder")
 KERNEL_BACKENDS = ("auto", "torch", "triton")  # easel/runtime/layers/kernel_backend.py
+DIT_QUANTIZATIONS = ("int8wo", "fp8")  # easel/runtime/layers/quantization.py
 
 
 @dataclasses.dataclass
@@ -28,6 +29,9 @@ class ServerArgs:
     # SDPA; "auto" kernels: Easel's Triton kernels on CUDA, PyTorch's ops elsewhere.
     attention_backend: str = "auto"
     kernel_backend: str = "auto"
+    enable_torch_compile: bool = False  # regional: each DiT block class compiled once, reused by every block
+    dit_quantization: str | None = None  # lossy: "int8wo" (int8 weights, CPU and GPU) or "fp8" (Hopper / Ada GPUs)
+    dit_layerwise_offload: bool = False  # DiT blocks in host memory, each copied to the device just before it runs
     cache: str = "none"  # the step-cache spec of requests that give none (easel/runtime/cache/spec.py)
     # Decode (and encode) in tiles, and one sample at a time, so that long or large videos do not need every
     # full-resolution frame in memory at once (Diffusers' VAE tiling and slicing).
@@ -60,6 +64,15 @@ class ServerArgs:
                 )
         if self.kernel_backend not in KERNEL_BACKENDS:
             raise InvalidInputError(f"kernel_backend must be one of {KERNEL_BACKENDS}, got {self.kernel_backend!r}")
+        if self.dit_quantization not in (None, *DIT_QUANTIZATIONS):
+            raise InvalidInputError(
+                f"dit_quantization must be one of {DIT_QUANTIZATIONS} or None, got {self.dit_quantization!r}"
+            )
+        if self.dit_layerwise_offload and (self.dit_quantization == "fp8" or self.enable_torch_compile):
+            # fp8 quantizes on the GPU, which the offloaded blocks never wholly are; compiled blocks would trace
+            # the offload's hooks, untested.
+            other = "dit_quantization='fp8'" if self.dit_quantization == "fp8" else "enable_torch_compile"
+            raise InvalidInputError(f"dit_layerwise_offload does not combine with {other}: choose one")
         parse_cache_spec(self.cache)  # a bad spec fails at start-up, not at the first request
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise InvalidInputError(f"unknown log level {self.log_level!r}")

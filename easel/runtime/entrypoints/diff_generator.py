@@ -22,7 +22,8 @@ from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipeline
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.server_args import ServerArgs
 
-# The sampling parameters that turn every lossy speed option off: the exact path a quality check compares with.
+# The sampling parameters that turn every per-request lossy option off: with `Req.exact_path` (the engine-wide ones:
+# a lossy attention backend, quantized weights), the exact path a quality check compares with.
 EXACT_PATH = {"cache": "none"}
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class DiffGenerator:
     def _quality_check(self, params: SamplingParams, output: torch.Tensor, seconds: float) -> QualityReport:
         """Runs the exact path with the same seed and compares `output` (decoded pixels) with its output."""
         exact = Req.from_sampling_params(params.updated(**EXACT_PATH))
+        exact.exact_path = True
         start = time.perf_counter()
         exact = self.pipeline.forward(exact, self.server_args)
         exact_seconds = time.perf_counter() - start

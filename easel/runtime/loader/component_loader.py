@@ -11,8 +11,11 @@ import torch
 from easel.errors import EaselError, ModelLoadError
 from easel.runtime.distributed.parallel_state import get_tp_world_size
 from easel.runtime.layers.linear import checkpoint_sharder
+from easel.runtime.layers.quantization import quantize_dit
 from easel.runtime.loader.processors import PROCESSOR_LOADERS
 from easel.runtime.loader.weights import load_state_dict
+from easel.runtime.models.dits.layerwise_offload import enable_layerwise_offload
+from easel.runtime.models.dits.regional_compile import compile_repeated_blocks
 from easel.runtime.server_args import ServerArgs
 
 LIBRARIES = ("diffusers", "transformers")
@@ -81,7 +84,8 @@ def load_dit(dit_cls: type[torch.nn.Module], folder: Path, server_args: ServerAr
     """Builds our DiT on the meta device (no memory, no init) and loads the checkpoint's tensors into it as they are."""
     config_cls = type(server_args.pipeline_config.dit_config)
     config = config_cls.from_dict(json.loads((folder / "config.json").read_text()))
-    device = server_args.torch_device
+    # Layerwise offload keeps the blocks in host memory: the checkpoint is read there, and the rest moved.
+    device = torch.device("cpu") if server_args.dit_layerwise_offload else server_args.torch_device
     with torch.device("meta"):
         model = dit_cls(config)
     # Under tensor parallelism each rank reads only its shards of the parallel linears' weights.
@@ -93,7 +97,20 @@ def load_dit(dit_cls: type[torch.nn.Module], folder: Path, server_args: ServerAr
             f"{folder} does not fit {dit_cls.__name__} with its config.json: "
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
-    return model.to(server_args.dtype_for("dit")).eval().requires_grad_(False)
+    model = model.to(server_args.dtype_for("dit")).eval().requires_grad_(False)
+    apply_speed_options(model, server_args)
+    return model
+
+
+def apply_speed_options(dit: torch.nn.Module, server_args: ServerArgs) -> None:
+    """The options that change a loaded DiT, in the one order that works: quantize the weights, then stream the
+    blocks from host memory, or compile each block class (README: Speed)."""
+    if server_args.dit_quantization is not None:
+        quantize_dit(dit, server_args.dit_quantization)
+    if server_args.dit_layerwise_offload:
+        enable_layerwise_offload(dit, server_args.torch_device)
+    if server_args.enable_torch_compile:
+        compile_repeated_blocks(dit)
 
 
 def _load_from_library(name: str, library: str, class_name: str, folder: Path, server_args: ServerArgs) -> Any:

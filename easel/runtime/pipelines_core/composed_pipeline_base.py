@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from easel.errors import ModelLoadError
+from easel.runtime.layers.exact_path import exact_layers
 from easel.runtime.loader.component_loader import load_pipeline_modules, read_model_index
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages import (
@@ -54,8 +55,8 @@ class ComposedPipelineBase:
         self.stages.append(stage)
 
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
-        """Runs the request through every stage, without autograd."""
-        with torch.inference_mode():
+        """Runs the request through every stage, without autograd (and a quality check's reference run exactly)."""
+        with torch.inference_mode(), exact_layers(batch.exact_path):
             for stage in self.stages:
                 batch = stage(batch, server_args)
         return batch

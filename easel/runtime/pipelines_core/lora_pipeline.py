@@ -53,6 +53,11 @@ class LoRAPipeline:
         `target` chooses the DiT(s) its DiT weights go into: "transformer", "transformer_2" (Wan2.2's low-noise
         expert), "both", or a list. Text-encoder weights go to the text encoders whatever the target.
         """
+        if self.server_args.dit_quantization is not None:
+            raise InvalidInputError(
+                f"LoRA does not combine with dit_quantization={self.server_args.dit_quantization!r}: adapters add to "
+                "full-precision weights; load this model without --dit-quantization to use LoRA"
+            )
         state = self._lora_state
         name = name or Path(path).stem
         if name in state.loaded:

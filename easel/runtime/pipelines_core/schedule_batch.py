@@ -32,6 +32,8 @@ class Req:
     output_type: str = "pil"
     image: Any = None  # input image(s) as given: paths, PIL images, or a list of them
     cache: str | None = None  # the step-cache spec; None: the engine's default (ServerArgs.cache)
+    # A quality check's reference run: the lossy options of the engine (attention backend, quantized weights) off.
+    exact_path: bool = False
 
     # Input images loaded as RGB, and their VAE latents in the DiT's layout (set by ImageVAEEncodingStage).
     condition_images: list[Image.Image] = dataclasses.field(default_factory=list)
