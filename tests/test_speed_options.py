@@ -1,12 +1,15 @@
 """The engine's speed options end to end on a tiny FLUX: int8 weights with their loss measured by the quality check,
 layerwise offload, and the clear errors for what does not combine."""
 
+import platform
+
 import numpy as np
 import pytest
 
 from easel import DiffGenerator
 from easel.cli.main import main
 from easel.errors import InvalidInputError
+from easel.runtime.host_allocator import keep_freed_host_memory
 from easel.runtime.layers.exact_path import exact_layers
 from easel.runtime.layers.quantization import Int8WeightOnlyLinear
 from easel.runtime.server_args import ServerArgs
@@ -74,3 +77,8 @@ def test_enable_torch_compile_compiles_every_block_at_load(tiny_pipeline):
     generator = DiffGenerator.from_pretrained(tiny_pipeline("flux"), progress_bar=False, enable_torch_compile=True)
     blocks = generator.pipeline.get_module("transformer").repeated_blocks()
     assert blocks and all(hasattr(block.forward, "_torchdynamo_orig_callable") for block in blocks)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
+def test_host_allocator_keeps_freed_memory_on_glibc():
+    assert keep_freed_host_memory()

@@ -3,6 +3,7 @@
 from easel.configs.sample.base import SamplingParams
 from easel.errors import InvalidInputError, ModelLoadError
 from easel.registry import ModelFamily, resolve_model_family, resolve_pipeline_class
+from easel.runtime.host_allocator import keep_freed_host_memory
 from easel.runtime.layers.attention import set_attention_backend
 from easel.runtime.layers.kernel_backend import set_kernel_backend
 from easel.runtime.loader.component_loader import read_model_index
@@ -31,4 +32,6 @@ def load_pipeline(server_args: ServerArgs) -> tuple[ComposedPipelineBase, ModelF
     server_args.pipeline_config = family.pipeline_config_cls()
     set_attention_backend(server_args.attention_backend)
     set_kernel_backend(server_args.kernel_backend)
+    if server_args.torch_device.type == "cpu":
+        keep_freed_host_memory()  # every large activation would page-fault in anew otherwise
     return pipeline_cls(folder, server_args), family, sampling_defaults
