@@ -5,6 +5,7 @@ import platform
 
 import numpy as np
 import pytest
+import torch
 
 from easel import DiffGenerator
 from easel.cli.main import main
@@ -12,6 +13,7 @@ from easel.errors import InvalidInputError
 from easel.runtime.host_allocator import keep_freed_host_memory
 from easel.runtime.layers.exact_path import exact_layers
 from easel.runtime.layers.quantization import Int8WeightOnlyLinear
+from easel.runtime.pipelines_core.stages.denoising import DenoisingStage
 from easel.runtime.server_args import ServerArgs
 
 REQUEST = {"prompt": "a red circle", "height": 32, "width": 48, "num_inference_steps": 2, "seed": 0}
@@ -82,3 +84,21 @@ def test_enable_torch_compile_compiles_every_block_at_load(tiny_pipeline):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
 def test_host_allocator_keeps_freed_memory_on_glibc():
     assert keep_freed_host_memory()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a CUDA matter")
+def test_denoising_loop_has_no_host_sync(tiny_pipeline, monkeypatch):
+    """Every denoising step queues its work without waiting for the GPU (a sync stalls the launch queue)."""
+    generator = DiffGenerator.from_pretrained(tiny_pipeline("flux"), device="cuda", progress_bar=False)
+    denoise = DenoisingStage.forward
+
+    def without_syncs(self, batch, server_args):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any synchronizing call raises
+        try:
+            return denoise(self, batch, server_args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(DenoisingStage, "forward", without_syncs)
+    generator.generate(output_type="np", **REQUEST)
