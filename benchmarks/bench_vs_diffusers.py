@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vs_diffusers.py                    # CPU: ~70 M-parameter FLUX DiT, 256x256, 4 steps
     python benchmarks/bench_vs_diffusers.py --repeats 2 --no-sglang    # quicker, Easel and Diffusers only
+    python benchmarks/bench_vs_diffusers.py --enable-torch-compile     # Easel compiled (regional), the peers eager
     python benchmarks/bench_vs_diffusers.py --size full --device cuda --precision bf16 --resolution 1024 --steps 28
     python benchmarks/bench_vs_diffusers.py --model wan        # CPU: ~70 M-parameter Wan DiT, 17x256x256, 4 steps, CFG
     bash ../shared/tools/sglang-cpu-venv.sh /tmp/sglvenv       # once (minutes, network): adds SGLang's column
@@ -193,6 +194,9 @@ def main() -> None:
         help=f"the Python of an SGLang environment (build one with `bash {BUILD_SCRIPT} DIR`); FLUX only",
     )
     parser.add_argument("--no-sglang", action="store_true", help="Easel and Diffusers only")
+    parser.add_argument(
+        "--enable-torch-compile", action="store_true", help="Easel with regional torch.compile (the peers stay eager)"
+    )
     args = parser.parse_args()
     model = MODELS[args.model]
     if args.size not in model.sizes:
@@ -211,6 +215,7 @@ def main() -> None:
         vae_precision=args.precision,
         text_encoder_precision=args.precision,
         progress_bar=False,
+        enable_torch_compile=args.enable_torch_compile,
     )
     reference = model.reference_cls.from_pretrained(folder, dtype=dtype).to(device)
     reference.set_progress_bar_config(disable=True)
@@ -218,7 +223,8 @@ def main() -> None:
     parameters = sum(p.numel() for p in easel.pipeline.get_module("transformer").parameters())
     print(
         f"{model.label} {args.size} ({parameters / 1e6:.0f} M DiT parameters), {model.describe(args)}, "
-        f"{args.steps} steps, {args.precision} on {device}, threads {torch.get_num_threads()}",
+        f"{args.steps} steps, {args.precision} on {device}, threads {torch.get_num_threads()}"
+        + (", Easel with regional torch.compile" if args.enable_torch_compile else ""),
         flush=True,
     )
     sglang, sglang_line = start_sglang(args, model, folder)
