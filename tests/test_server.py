@@ -89,6 +89,26 @@ def test_generation_url(client, http, output_format):
     assert error_of(http.get("/v1/images/img_unknown/content"))["code"] == "not_found"
 
 
+def test_openai_fields_tools_send(client):
+    """OpenAI's own image fields are accepted (those choosing among its models' settings change nothing here), and
+    output_compression sets JPEG's quality."""
+    openai_fields = {"quality": "high", "style": "vivid", "user": "someone", "moderation": "low", "background": "auto"}
+    sizes = {}
+    for compression in (10, 95):
+        response = client.images.generate(
+            prompt="a red circle",
+            size="64x64",
+            output_format="jpeg",
+            output_compression=compression,
+            extra_body={**SMALL, "seed": 1},
+            **openai_fields,
+        )
+        image = base64.b64decode(response.data[0].b64_json)
+        assert Image.open(io.BytesIO(image)).format == "JPEG"
+        sizes[compression] = len(image)
+    assert sizes[10] < sizes[95]
+
+
 def test_other_model_name_is_404(client):
     with pytest.raises(openai.NotFoundError) as raised:
         client.images.generate(prompt="a cat", model="dall-e-3", size="64x64", extra_body=SMALL)
@@ -100,7 +120,12 @@ def test_other_model_name_is_404(client):
     [
         ('{"prompt": "a cat", "size": ', "not valid JSON"),
         ("[1, 2]", "JSON object"),
-        ({"prompt": "a cat", "quality": "hd"}, "unknown parameter 'quality'"),
+        ({"prompt": "a cat", "steps": 4}, "unknown parameter 'steps'"),  # neither OpenAI's nor Easel's
+        ({"prompt": "a cat", "quality": "ultra"}, "quality"),
+        ({"prompt": "a cat", "output_compression": 101}, "output_compression"),
+        ({"prompt": "a cat", "background": "transparent", "output_format": "jpeg"}, "JPEG has no transparency"),
+        ({"prompt": "a cat", "background": "transparent", "size": "64x64"}, "makes opaque images"),
+        ({"prompt": "a cat", "stream": True, "partial_images": 2}, "not supported yet"),
         ({"size": "64x64"}, "prompt"),
         ({"prompt": "a cat", "size": "big"}, "size"),
         ({"prompt": "a cat", "size": "72x64", **SMALL}, "multiple of 16"),  # Easel's own validation, in the worker

@@ -75,7 +75,7 @@ def test_generation_on_edit_model_is_400(edit_server):
         ({"image": ("big.png", b"\0" * 600_000)}, {"prompt": "x"}, 413, "larger than this server takes"),
         ({"image[]": [("a.png", _png("red"))] * 4}, {"prompt": "x", "size": "64x64"}, 400, "1 to 3 input image"),
         ({"image": ("a.png", _png("red")), "mask": ("m.png", _png("red"))}, {"prompt": "x"}, 400, "mask"),
-        ({"image": ("a.png", _png("red"))}, {"prompt": "x", "quality": "hd"}, 400, "unknown parameter 'quality'"),
+        ({"image": ("a.png", _png("red"))}, {"prompt": "x", "steps": "4"}, 400, "unknown parameter 'steps'"),
         ({"image": ("a.png", _png("red"))}, {"prompt": "x", "n": "11"}, 400, "n"),
         ({"image": ("a.png", _png("red"))}, {"prompt": "x", "model": "other"}, 404, "edit-model"),
         ({}, {"prompt": "x"}, 400, "image"),

@@ -37,6 +37,7 @@ class PipelineConfig:
     """Static configuration of one model family's pipeline."""
 
     task_type: ModelTaskType = ModelTaskType.T2I
+    makes_transparent_images = False  # RGBA outputs (a class constant, not a field)
     dit_config: DiTConfig = dataclasses.field(default_factory=DiTConfig)
     vae_config: VAEConfig = dataclasses.field(default_factory=VAEConfig)
     text_encoder_configs: tuple[TextEncoderConfig, ...] = ()

@@ -38,6 +38,7 @@ class QwenImageLayeredPipelineConfig(QwenImagePipelineConfig):
     """
 
     task_type: ModelTaskType = ModelTaskType.TI2I
+    makes_transparent_images = True
     min_input_images: int = 1
     max_input_images: int = 1
 

@@ -56,9 +56,23 @@ async def image_content(image_id: str, request: Request) -> FileResponse:
 
 async def _generate(state: ServerState, request: Request, body: ImageRequest, images: list[bytes]) -> ImagesResponse:
     state.check_loras(body.lora_names())
+    if body.background == "transparent" and not state.engine.info.transparent:
+        raise APIError(
+            400,
+            f"{state.engine.info.family} makes opaque images: background='transparent' needs a model that makes "
+            "transparent ones (Qwen-Image-Layered)",
+            param="background",
+        )
     width, height = parse_size(body.size)
     params = {**body.sampling_params(), "width": width, "height": height, "num_outputs_per_prompt": body.n}
-    job = WorkerJob(f"img_{uuid.uuid4().hex}", params, images, image_format=body.output_format, lora=body.lora)
+    job = WorkerJob(
+        f"img_{uuid.uuid4().hex}",
+        params,
+        images,
+        image_format=body.output_format,
+        image_compression=body.output_compression,
+        lora=body.lora,
+    )
     done = await state.engine.submit(job)
     if body.response_format == "b64_json":
         data = [ImageData(b64_json=base64.b64encode(image).decode()) for image in done.images]

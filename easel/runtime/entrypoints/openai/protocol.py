@@ -5,7 +5,7 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from easel.errors import InvalidInputError
@@ -130,6 +130,30 @@ class ImageRequest(GenerationOptions):
     size: str | None = Field(None, pattern=SIZE_PATTERN, description='"WxH" in pixels, or "auto"')
     response_format: Literal["b64_json", "url"] = "b64_json"
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality, 0..100")
+    background: Literal["auto", "opaque", "transparent"] | None = None
+    # OpenAI's fields that choose among its own models' settings and mean nothing here: accepted, and ignored, so
+    # that tools written for its API work unchanged (README: Serving).
+    quality: Literal["auto", "low", "medium", "high", "standard", "hd"] | None = None
+    style: Literal["vivid", "natural"] | None = None
+    moderation: Literal["auto", "low"] | None = None
+    user: str | None = None
+    stream: bool = False
+    partial_images: int | None = Field(None, ge=0, le=3)
+
+    @field_validator("background")
+    @classmethod
+    def _background(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value == "transparent" and info.data.get("output_format") == "jpeg":
+            raise PydanticCustomError("transparent_jpeg", "JPEG has no transparency: ask for png or webp")
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _stream(cls, value: bool) -> bool:
+        if value:
+            raise PydanticCustomError("unsupported", "streaming partial images is not supported yet: omit stream")
+        return value
 
 
 class VideoRequest(GenerationOptions):

@@ -36,6 +36,7 @@ class ModelInfo:
     height: int | None
     num_frames: int
     fps: int
+    transparent: bool  # whether its images carry an alpha channel
 
     def routes(self) -> list[str]:
         """The generation routes this model answers."""
@@ -53,6 +54,7 @@ class WorkerJob:
     params: dict[str, Any]  # `DiffGenerator.generate` keyword arguments (`cache`, `quality_check` among them)
     images: list[bytes]  # input images, as uploaded
     image_format: str = "png"  # how generated images are encoded
+    image_compression: int | None = None  # jpeg/webp quality 0..100 (OpenAI's output_compression); None: PIL's
     video_path: str | None = None  # where a video model writes its MP4
     lora: str | list[str] | dict[str, float] | None = None  # adapters for this job only (`set_lora`'s argument)
 
@@ -201,6 +203,7 @@ def _model_info(generator) -> ModelInfo:
         height=defaults.height,
         num_frames=defaults.num_frames,
         fps=defaults.fps,
+        transparent=config.makes_transparent_images,
     )
 
 
@@ -265,7 +268,7 @@ def _run(generator, job: WorkerJob, results: Connection) -> Done | Failed:
         if result.frames:
             frames = result.frames[0]
             return Done(job.id, [], *frames[0].size, len(frames), result.timings, **report)
-        encoded = [_encode(image, job.image_format) for image in result.images]
+        encoded = [_encode(image, job.image_format, job.image_compression) for image in result.images]
         return Done(job.id, encoded, *result.images[0].size, 1, result.timings, **report)
     except Exception as error:
         return _failed(job.id, error)
@@ -302,9 +305,11 @@ def _failed(job_id: str, error: Exception) -> Failed:
     return Failed(job_id, 500, f"{type(error).__name__}: {error}")
 
 
-def _encode(image, image_format: str) -> bytes:
+def _encode(image, image_format: str, compression: int | None = None) -> bytes:
     if image.mode == "RGBA" and image_format == "jpeg":
         raise InvalidInputError("this model makes transparent images, which JPEG cannot hold: ask for png or webp")
     buffer = io.BytesIO()
-    image.save(buffer, format=image_format.upper())
+    # PNG is lossless whatever is asked; OpenAI's compression percentage is jpeg's and webp's quality setting.
+    options = {"quality": compression} if compression is not None and image_format != "png" else {}
+    image.save(buffer, format=image_format.upper(), **options)
     return buffer.getvalue()
