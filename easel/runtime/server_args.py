@@ -69,8 +69,8 @@ class ServerArgs:
                 f"dit_quantization must be one of {DIT_QUANTIZATIONS} or None, got {self.dit_quantization!r}"
             )
         if self.dit_layerwise_offload and (self.dit_quantization == "fp8" or self.enable_torch_compile):
-            # fp8 quantizes on the GPU, which the offloaded blocks never wholly are; compiled blocks would trace
-            # the offload's hooks, untested.
+            # fp8 quantizes on the GPU, which the offloaded blocks never wholly are; compiled blocks between the
+            # offload's copies ran on the CPU only, never with CUDA streams, so they are not offered together yet.
             other = "dit_quantization='fp8'" if self.dit_quantization == "fp8" else "enable_torch_compile"
             raise InvalidInputError(f"dit_layerwise_offload does not combine with {other}: choose one")
         parse_cache_spec(self.cache)  # a bad spec fails at start-up, not at the first request

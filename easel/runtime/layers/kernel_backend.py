@@ -16,7 +16,7 @@ _active = "torch"
 
 
 def resolve_kernel_backend(name: str) -> str:
-    """ "torch" or "triton" for `name`: "auto" is Triton on CUDA where it is installed, PyTorch elsewhere."""
+    """The implementation `name` selects, "torch" or "triton": "auto" is Triton on CUDA where it is installed."""
     from easel.runtime.layers import triton_kernels
 
     if name not in KERNEL_BACKENDS:
@@ -41,7 +41,7 @@ def set_kernel_backend(name: str) -> None:
 
 
 def active_kernel_backend() -> str:
-    """ "torch" or "triton"."""
+    """The implementation in use, "torch" or "triton"."""
     return _active
 
 

@@ -43,8 +43,8 @@ from easel.runtime.distributed.communication import all_reduce
 from easel.runtime.distributed.parallel_state import get_tp_world_size
 from easel.runtime.layers.linear import RowParallelLinear
 from easel.runtime.layers.lora import LoRALinear
+from easel.runtime.server_args import DIT_QUANTIZATIONS
 
-METHODS = ("int8wo", "fp8")
 INT8_MAX = 127
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448
@@ -167,8 +167,8 @@ def fp8_reference_linear(x: torch.Tensor, layer: Fp8Linear) -> torch.Tensor:
 def quantize_dit(dit: nn.Module, method: str) -> int:
     """Quantizes the linears of the DiT's repeated blocks in place with `method` ("int8wo" or "fp8"); returns how
     many. Call it on a loaded DiT: for "fp8", one already on its GPU (compute capability 8.9+)."""
-    if method not in METHODS:
-        raise InvalidInputError(f"unknown quantization {method!r}; choose one of {list(METHODS)}")
+    if method not in DIT_QUANTIZATIONS:
+        raise InvalidInputError(f"unknown quantization {method!r}; choose one of {list(DIT_QUANTIZATIONS)}")
     blocks = dit.repeated_blocks()
     linears = [(block, name, module) for block in blocks for name, module in block.named_modules()]
     linears = [(block, name, module) for block, name, module in linears if isinstance(module, nn.Linear)]
