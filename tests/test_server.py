@@ -109,6 +109,21 @@ def test_openai_fields_tools_send(client):
     assert sizes[10] < sizes[95]
 
 
+def test_a_client_that_hangs_up_frees_the_worker(server):
+    request = {"prompt": "a long one", "size": "512x512", "num_inference_steps": 1000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{server.url}/v1/images/generations",
+            json=request,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=1.5,  # far shorter than the request: the client gives up and closes the connection
+        )
+    deadline = time.monotonic() + 60
+    while (health := server.health().json())["running"]:
+        assert time.monotonic() < deadline, f"the abandoned request still runs: {health}"
+        time.sleep(0.05)
+
+
 def test_other_model_name_is_404(client):
     with pytest.raises(openai.NotFoundError) as raised:
         client.images.generate(prompt="a cat", model="dall-e-3", size="64x64", extra_body=SMALL)

@@ -151,12 +151,8 @@ def test_video_job_to_mp4(video_server):
 def test_video_progress_and_list(video_server):
     client = video_server.client()
     first = client.videos.create(prompt="waves", size="32x32", extra_body={"num_frames": 5, **_steps(2)})
-    # Enough steps that the job is seen in progress, and refused deletion meanwhile.
+    # Enough steps that the job is seen in progress.
     video = client.videos.create(prompt="rain", size="32x32", extra_body={"num_frames": 5, **_steps(300)})
-    while client.videos.retrieve(video.id).status == "queued":
-        time.sleep(0.02)
-    busy = httpx.delete(f"{video_server.url}/v1/videos/{video.id}")
-    assert busy.status_code == 409 and "in_progress" in error_of(busy)["message"]
     progress = []
     assert _wait_video(client, video.id, progress).status == "completed"
     percentages = [percent for status, percent in progress if status == "in_progress"]
@@ -166,6 +162,50 @@ def test_video_progress_and_list(video_server):
     assert [listed.id for listed in latest.data] == [video.id] and latest.has_more
     page = client.videos.list(order="asc", after=first.id)
     assert [listed.id for listed in page.data] == [video.id]
+
+
+def _running(client: openai.OpenAI, prompt: str) -> str:
+    """A video job far longer than any test waits (1000 steps), once it runs."""
+    video = client.videos.create(prompt=prompt, size="32x32", extra_body={"num_frames": 5, **_steps(1000)})
+    while client.videos.retrieve(video.id).status == "queued":
+        time.sleep(0.02)
+    return video.id
+
+
+def _short_job_completes(client: openai.OpenAI) -> None:
+    """The worker is free again: a 2-step job runs to the end."""
+    video = client.videos.create(prompt="after", size="32x32", extra_body={"num_frames": 5, **_steps(2)})
+    assert _wait_video(client, video.id).status == "completed"
+
+
+def test_cancel_stops_a_running_video_job(video_server):
+    client = video_server.client()
+    video_id = _running(client, "a long one")
+    cancelled = httpx.post(f"{video_server.url}/v1/videos/{video_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["id"] == video_id
+    video = _wait_video(client, video_id)
+    assert (video.status, video.error.code) == ("failed", "cancelled") and "cancelled at step" in video.error.message
+    assert video.progress < 99
+    again = httpx.post(f"{video_server.url}/v1/videos/{video_id}/cancel")
+    assert again.status_code == 409 and "failed already" in error_of(again)["message"]
+    _short_job_completes(client)
+
+
+def test_delete_cancels_queued_and_running_video_jobs(video_server):
+    client = video_server.client()
+    running = _running(client, "a long one")
+    queued = client.videos.create(prompt="next", size="32x32", extra_body={"num_frames": 5, **_steps(2)})
+    assert client.videos.retrieve(queued.id).status == "queued"
+    assert video_server.health().json()["queued"] == 1
+    for video_id in (queued.id, running):
+        assert client.videos.delete(video_id).deleted
+        with pytest.raises(openai.NotFoundError):
+            client.videos.retrieve(video_id)
+    deadline = time.monotonic() + 60
+    while (health := video_server.health().json())["running"] or health["queued"]:
+        assert time.monotonic() < deadline, f"the deleted jobs still hold the worker: {health}"
+        time.sleep(0.05)
+    _short_job_completes(client)
 
 
 def test_failed_video_job(video_server):

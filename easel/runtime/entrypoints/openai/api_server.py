@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from easel.runtime.entrypoints.openai import images, loras, videos
 from easel.runtime.entrypoints.openai.protocol import APIError, ModelCard, ModelList, validation_error
@@ -39,7 +40,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.middleware("http")(_observe)
+    app.add_middleware(ObserveMiddleware, state=state)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     models = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
@@ -69,20 +70,40 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=state.settings.model_name, created=state.created)])
 
 
-async def _observe(request: Request, call_next):
-    """Counts every answer by route and status, and times it; a bug in a route answers 500 in OpenAI's shape."""
-    start = time.perf_counter()
-    try:
-        response = await call_next(request)
-    except Exception as error:
-        logger.exception("%s %s failed", request.method, request.url.path)
-        response = _error_response(APIError(500, f"{type(error).__name__}: {error}", "server_error"))
-    route = request.scope.get("route")
-    path = route.path if route is not None else "unmatched"  # not the raw path: ids would make endless series
-    server_metrics = get_state(request).metrics
-    server_metrics.requests.inc(request.method, path, str(response.status_code))
-    server_metrics.request_seconds.observe(time.perf_counter() - start, path)
-    return response
+class ObserveMiddleware:
+    """Counts every answer by route and status, and times it; a bug in a route answers 500 in OpenAI's shape.
+
+    Plain ASGI rather than `app.middleware("http")`: Starlette's BaseHTTPMiddleware hides the client's disconnect
+    from the routes (`request.is_disconnected()` stays False), and a request whose client hung up must stop its job.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), []
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except Exception as error:
+            logger.exception("%s %s failed", scope["method"], scope["path"])
+            if status:  # the answer had begun: it cannot turn into an error now
+                raise
+            error_response = _error_response(APIError(500, f"{type(error).__name__}: {error}", "server_error"))
+            await error_response(scope, receive, observed_send)
+        route = scope.get("route")
+        path = route.path if route is not None else "unmatched"  # not the raw path: ids would make endless series
+        code = str(status[0]) if status else "499"  # no answer at all: the client left first
+        self.state.metrics.requests.inc(scope["method"], path, code)
+        self.state.metrics.request_seconds.observe(time.perf_counter() - start, path)
 
 
 def _error_response(error: APIError) -> JSONResponse:

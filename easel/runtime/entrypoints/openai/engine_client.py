@@ -20,6 +20,8 @@ from typing import Any
 from easel.runtime.entrypoints.openai.metrics import ServerMetrics
 from easel.runtime.entrypoints.openai.protocol import APIError
 from easel.runtime.entrypoints.openai.worker import (
+    CANCELLED_STATUS,
+    Cancel,
     Done,
     Failed,
     LoadFailed,
@@ -149,6 +151,22 @@ class EngineClient:
         self._dispatch()
         return job.future
 
+    def cancel(self, job_id: str) -> bool:
+        """Stops job `job_id`: a waiting one leaves the queue now, the running one at its next denoising step (under
+        --num-gpus, once the ranks finish it). False when no such job is held."""
+        waiting = next((job for job in self._waiting if job.spec.id == job_id), None)
+        if waiting is not None:
+            self._waiting.remove(waiting)
+            self._reject(waiting, APIError(CANCELLED_STATUS, "cancelled while queued", code="cancelled"))
+            return True
+        if self._running is None or self._running.spec.id != job_id:
+            return False
+        try:
+            self._worker.jobs.send(Cancel(job_id))
+        except OSError:
+            pass  # the worker is dying: `_on_exit` fails the job
+        return True
+
     async def stop(self) -> None:
         """Fails whatever is held, stops the worker (killing it if it does not exit), and waits for it."""
         if self.state is WorkerState.STOPPED:
@@ -244,7 +262,8 @@ class EngineClient:
         self._running = None
         if isinstance(message, Failed):
             error_type = "invalid_request_error" if message.status < 500 else "server_error"
-            self._reject(job, APIError(message.status, message.message, error_type))
+            code = "cancelled" if message.status == CANCELLED_STATUS else None
+            self._reject(job, APIError(message.status, message.message, error_type, code=code))
         else:
             if isinstance(message, LoRAsDone):
                 self.loras = message.loras

@@ -1,5 +1,6 @@
 """/v1/images: generations from a prompt, edits of uploaded images, and the files behind `url` answers."""
 
+import asyncio
 import base64
 import time
 import uuid
@@ -19,9 +20,10 @@ from easel.runtime.entrypoints.openai.protocol import (
 from easel.runtime.entrypoints.openai.state import ServerState, check_api_key, get_state
 from easel.runtime.entrypoints.openai.storage import MEDIA_TYPES
 from easel.runtime.entrypoints.openai.uploads import check_images, read_form
-from easel.runtime.entrypoints.openai.worker import WorkerJob
+from easel.runtime.entrypoints.openai.worker import CANCELLED_STATUS, Done, WorkerJob
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
+DISCONNECT_POLL_S = 0.25  # how often a waiting request looks whether its client is still there
 
 
 @router.post("/images/generations")
@@ -54,6 +56,17 @@ async def image_content(image_id: str, request: Request) -> FileResponse:
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.removeprefix(".")])
 
 
+async def _unless_disconnected(request: Request, state: ServerState, job_id: str, outcome: asyncio.Future) -> Done:
+    """The job's result; a client that hangs up first cancels it, which frees the worker at the next step."""
+    while True:
+        done, _ = await asyncio.wait({outcome}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return outcome.result()
+        if await request.is_disconnected():
+            state.engine.cancel(job_id)
+            raise APIError(CANCELLED_STATUS, "the client disconnected", code="cancelled")
+
+
 async def _generate(state: ServerState, request: Request, body: ImageRequest, images: list[bytes]) -> ImagesResponse:
     state.check_loras(body.lora_names())
     if body.background == "transparent" and not state.engine.info.transparent:
@@ -73,7 +86,7 @@ async def _generate(state: ServerState, request: Request, body: ImageRequest, im
         image_compression=body.output_compression,
         lora=body.lora,
     )
-    done = await state.engine.submit(job)
+    done = await _unless_disconnected(request, state, job.id, state.engine.submit(job))
     if body.response_format == "b64_json":
         data = [ImageData(b64_json=base64.b64encode(image).decode()) for image in done.images]
     else:

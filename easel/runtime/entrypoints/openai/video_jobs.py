@@ -31,14 +31,22 @@ class VideoJob:
     completed_at: int | None = None
     error: VideoError | None = None
     easel: EaselReport | None = None  # once completed: what the step cache did, the quality check
+    deleted: bool = False  # deleted while running: an MP4 it still writes goes too
 
     def on_progress(self, fraction: float) -> None:
         """The engine's report: started (0), or this fraction of the denoising done."""
         self.status = "in_progress"
         self.progress = min(99, int(100 * fraction))  # 100 only once the MP4 is written
 
+    def delete(self) -> None:
+        """Removes the MP4, now or, for a job still running, once it ends."""
+        self.deleted = True
+        self.path.unlink(missing_ok=True)
+
     def finish(self, outcome: asyncio.Future) -> None:
         """The engine's answer: the written video, or the APIError it failed with."""
+        if self.deleted:  # a cancel that came too late to stop it: its MP4 was written after the delete
+            self.path.unlink(missing_ok=True)
         error = outcome.exception()
         if error is None:
             done: Done = outcome.result()

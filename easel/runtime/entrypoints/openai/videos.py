@@ -78,12 +78,24 @@ async def video_content(video_id: str, request: Request, variant: str = "video")
     return FileResponse(job.path, media_type="video/mp4", filename=f"{video_id}.mp4")
 
 
+@router.post("/videos/{video_id}/cancel")
+async def cancel_video(video_id: str, request: Request) -> VideoObject:
+    """Stops a queued or running job (a running one at its next step); it then reads as failed, code "cancelled"."""
+    state = get_state(request)
+    job = state.videos.get(video_id)
+    if job.status in ("completed", "failed"):
+        raise APIError(409, f"video {video_id} is {job.status} already: there is nothing to cancel")
+    state.engine.cancel(video_id)
+    return job.to_object()
+
+
 @router.delete("/videos/{video_id}")
 async def delete_video(video_id: str, request: Request) -> VideoDeleted:
+    """Deletes a job and its MP4; a queued or running one is cancelled first."""
     state = get_state(request)
     job = state.videos.get(video_id)
     if job.status not in ("completed", "failed"):
-        raise APIError(409, f"video {video_id} is {job.status}: delete it once it has completed or failed")
-    job.path.unlink(missing_ok=True)
+        state.engine.cancel(video_id)
+    job.delete()
     state.videos.remove(video_id)
     return VideoDeleted(id=video_id)

@@ -101,6 +101,21 @@ class LoadFailed:
 
 
 @dataclasses.dataclass
+class Cancel:
+    """Stop job `job_id` at its next step. Sent while it runs; one that arrives after the job ended is ignored."""
+
+    job_id: str
+
+
+# The status of a job stopped by Cancel: nginx's "client closed request", as no HTTP status says "cancelled".
+CANCELLED_STATUS = 499
+
+
+class JobCancelled(Exception):
+    """Raised at a step of a job its client cancelled."""
+
+
+@dataclasses.dataclass
 class Progress:
     job_id: str
     step: int
@@ -167,7 +182,12 @@ def run_worker(
         if job is None:
             generator.close()
             return
-        results.send(_run(generator, job, results) if isinstance(job, WorkerJob) else _run_lora(generator, job))
+        if isinstance(job, Cancel):  # its job ended before the cancel arrived
+            continue
+        if isinstance(job, WorkerJob):
+            results.send(_run(generator, job, jobs, results))
+        else:
+            results.send(_run_lora(generator, job))
         if getattr(generator, "stopped", None):  # a rank died during the job, which failed saying so
             _exit_now(generator)
 
@@ -248,7 +268,7 @@ def _set_loras(generator, adapters: list[LoRASpec], lora_dir: str | None) -> Non
         raise
 
 
-def _run(generator, job: WorkerJob, results: Connection) -> Done | Failed:
+def _run(generator, job: WorkerJob, jobs: Connection, results: Connection) -> Done | Failed:
     from PIL import Image
 
     fault_prompt = os.environ.get(FAULT_PROMPT_VARIABLE)
@@ -256,6 +276,12 @@ def _run(generator, job: WorkerJob, results: Connection) -> Done | Failed:
     def on_step(step: int, total: int) -> None:
         if fault_prompt and job.params["prompt"] == fault_prompt:
             raise RuntimeError(f"injected fault at step {step} ({FAULT_PROMPT_VARIABLE})")
+        # While a job runs the front end sends nothing but a Cancel (or the None of a stop, which kills a busy
+        # worker anyway), so whatever waits here is read now.
+        while jobs.poll():
+            message = jobs.recv()
+            if isinstance(message, Cancel) and message.job_id == job.id:
+                raise JobCancelled(f"cancelled at step {step} of {total}")
         results.send(Progress(job.id, step, total))
 
     try:
@@ -299,6 +325,8 @@ def _failed(job_id: str, error: Exception) -> Failed:
 
     if isinstance(error, RankGroupError):  # a rank died: the server's fault, not the request's
         return Failed(job_id, 500, str(error))
+    if isinstance(error, JobCancelled):
+        return Failed(job_id, CANCELLED_STATUS, str(error))
     if isinstance(error, EaselError):
         return Failed(job_id, 400, str(error))
     logger.exception("job %s failed", job_id)
