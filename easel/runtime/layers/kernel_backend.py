@@ -10,6 +10,7 @@ import os
 import torch
 
 from easel.errors import EaselError
+from easel.runtime.layers import triton_kernels
 from easel.runtime.server_args import KERNEL_BACKENDS
 
 _active = "torch"
@@ -17,8 +18,6 @@ _active = "torch"
 
 def resolve_kernel_backend(name: str) -> str:
     """The implementation `name` selects, "torch" or "triton": "auto" is Triton on CUDA where it is installed."""
-    from easel.runtime.layers import triton_kernels
-
     if name not in KERNEL_BACKENDS:
         raise EaselError(f"Unknown kernel backend {name!r}; choose one of {', '.join(KERNEL_BACKENDS)}.")
     if name == "auto":

@@ -9,7 +9,7 @@ from easel.runtime.distributed.parallel_state import get_tp_world_size
 from easel.runtime.layers import triton_kernels
 from easel.runtime.layers.kernel_backend import use_triton
 from easel.runtime.layers.linear import _shard_dim, _split_width
-from easel.runtime.layers.rotary import apply_rotary_emb
+from easel.runtime.layers.rotary import rotate_qk
 
 
 class RMSNorm(nn.Module):
@@ -124,7 +124,7 @@ def apply_qk_norm_rope(
         return triton_kernels.qk_norm_rope(query, key, query_norm.weight, key_norm.weight, cos, sin, query_norm.eps)
     if query_norm is not None:
         query, key = apply_qk_norm(query, key, query_norm, key_norm)
-    return apply_rotary_emb(query, cos, sin), apply_rotary_emb(key, cos, sin)
+    return rotate_qk(query, key, cos, sin)
 
 
 class AdaLNContinuous(nn.Module):

@@ -40,18 +40,32 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
     cos/sin are (L, D), shared by the batch, or (B, L, D) where samples sit at different positions.
     """
+    return rotate_qk(x, None, cos, sin)[0]
+
+
+def rotate_qk(
+    query: torch.Tensor, key: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`apply_rotary_emb` of query and key (either (B, L, H, D)) by the same angles, which are prepared once."""
     cos, sin = (t[None, :, None, :] if t.ndim == 2 else t[:, :, None, :] for t in (cos, sin))  # broadcast over heads
     if torch.compiler.is_compiling():
-        # Inductor generates no code for complex ops; the real form below fuses into one kernel there.
-        real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, H, D/2) each
-        rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # (B, L, H, D)
-        return (x.float() * cos + rotated.float() * sin).to(x.dtype)
-    # Eagerly, the pair (x_2i, x_2i+1) times e^{i angle} as one complex multiply: the same products and sums as the
-    # real form x * cos + (-x_2i+1, x_2i) * sin (bitwise, in float32), in one pass over x instead of five.
-    angles = torch.complex(cos[..., ::2], sin[..., ::2])  # (1 or B, L, 1, D/2)
-    # In float32 so half-precision queries and keys are rotated without extra rounding.
-    pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))  # (B, L, H, D/2)
-    return torch.view_as_real(pairs * angles).flatten(-2).to(x.dtype)
+        # Inductor generates no code for complex ops; the real form fuses into one kernel there.
+        def rotate(x: torch.Tensor) -> torch.Tensor:
+            real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, H, D/2) each
+            rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # (B, L, H, D)
+            return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+    else:
+        # Eagerly, the pair (x_2i, x_2i+1) times e^{i angle} as one complex multiply: the same products and sums as
+        # the real form x * cos + (-x_2i+1, x_2i) * sin (bitwise, in float32), in one pass over x instead of five.
+        angles = torch.complex(cos[..., ::2], sin[..., ::2])  # (1 or B, L, 1, D/2)
+
+        def rotate(x: torch.Tensor) -> torch.Tensor:
+            # In float32 so half-precision queries and keys are rotated without extra rounding.
+            pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))  # (B, L, H, D/2)
+            return torch.view_as_real(pairs * angles).flatten(-2).to(x.dtype)
+
+    return rotate(query), None if key is None else rotate(key)
 
 
 def split_rope(

@@ -23,7 +23,7 @@ from easel.runtime.layers import (
     ColumnParallelLinear,
     MLPEmbedder,
     RowParallelLinear,
-    apply_rotary_emb,
+    apply_qk_norm_rope,
     attention,
     gated_residual,
     multi_axis_rope_frequencies,
@@ -210,8 +210,7 @@ class WanAttention(nn.Module):
         key = self.norm_k(self.to_k(kv_source)).unflatten(-1, split)  # (B, T, H, hd)
         value = self.to_v(kv_source).unflatten(-1, split)
         if freqs_cis is not None:
-            cos, sin = freqs_cis
-            query, key = apply_rotary_emb(query, cos, sin), apply_rotary_emb(key, cos, sin)
+            query, key = apply_qk_norm_rope(query, key, None, None, *freqs_cis)  # normed above, across heads
 
         if context is None:
             out = attention(query, key, value, attn_mask)  # the keys are every SP rank's video tokens
