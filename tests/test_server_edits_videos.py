@@ -30,6 +30,8 @@ def edit_server(tiny_pipeline):
         tiny_pipeline("qwen-image-edit-plus"),
         "--served-model-name",
         "edit-model",
+        "--max-batch-size",  # one runs at a time, so that the queue bound is reached
+        "1",
         "--max-queued-requests",
         "1",
         "--max-upload-mb",
@@ -41,7 +43,10 @@ def edit_server(tiny_pipeline):
 
 @pytest.fixture(scope="module")
 def video_server(tiny_pipeline):
-    server = ServerProcess(tiny_pipeline("wan-t2v"), env={"EASEL_SERVE_FAULT_PROMPT": FAULT_PROMPT})
+    # One job at a time, so that a second one is queued; tests/test_batching.py runs video jobs together.
+    server = ServerProcess(
+        tiny_pipeline("wan-t2v"), "--max-batch-size", "1", env={"EASEL_SERVE_FAULT_PROMPT": FAULT_PROMPT}
+    )
     yield server
     server.stop()
 

@@ -12,6 +12,7 @@ from easel.cli.generate import (
     model_path,
 )
 from easel.errors import InvalidInputError
+from easel.runtime.entrypoints.openai.messages import DEFAULT_MAX_BATCH_SIZE, BatchLimits
 
 
 def add_serve_parser(commands) -> None:
@@ -36,10 +37,47 @@ def add_serve_parser(commands) -> None:
         "--max-queued-requests",
         type=_non_negative,
         default=32,
-        help="requests that may wait while one runs; more are answered 429 (default: 32)",
+        help="requests that may wait while the worker is full; more are answered 429 (default: 32)",
+    )
+    server.add_argument(
+        "--max-batch-size",
+        type=_positive,
+        help=f"requests the worker runs together, a denoising step at a time, sharing DiT forwards; 1 runs one at a "
+        f"time (default: {DEFAULT_MAX_BATCH_SIZE}, or 1 with --num-gpus above 1)",
+    )
+    server.add_argument(
+        "--max-batch-tokens",
+        type=_positive,
+        help="image tokens (latent 2x2 patches, times samples and guidance passes) the requests running together may "
+        "hold in all; a request larger than this runs alone (default: 4096 on a CPU, 65536 on a GPU)",
     )
     server.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every /v1 route")
     server.add_argument("--max-upload-mb", type=float, default=20, help="largest upload taken, in MB (default: 20)")
+    server.add_argument(
+        "--webui",
+        action="store_true",
+        help="also serve a web UI at /ui, over the same model (with --api-key, its login takes the key as password)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
+def _batch_limits(args: argparse.Namespace) -> BatchLimits:
+    """--max-batch-size and --max-batch-tokens, checked; batching runs in one process, so not with --num-gpus."""
+    size = args.max_batch_size
+    if args.num_gpus > 1:
+        if size is not None and size > 1:
+            raise InvalidInputError(
+                f"--max-batch-size {size} does not combine with --num-gpus {args.num_gpus} yet: the ranks of a "
+                "parallel run take whole requests, one at a time; drop --max-batch-size (or pass 1)"
+            )
+        size = 1
+    return BatchLimits(max_size=DEFAULT_MAX_BATCH_SIZE if size is None else size, max_tokens=args.max_batch_tokens)
 
 
 def _non_negative(text: str) -> int:
@@ -78,5 +116,7 @@ def run_serve(args: argparse.Namespace) -> int:
         # Resolved once here: the worker confines requested paths to this folder, and the answers show them in it.
         lora_dir=args.lora_dir.resolve() if args.lora_dir is not None else None,
         lora_paths=[(Path(path).resolve(), strength) for path, strength in args.lora_path],
+        webui=args.webui,
+        batch_limits=_batch_limits(args),
     )
     return run_server(settings)

@@ -6,7 +6,7 @@ models (what the DiT's forward takes, how latents are laid out, how they are nor
 
 import dataclasses
 import enum
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers.image_processor import VaeImageProcessor
@@ -38,6 +38,18 @@ class PipelineConfig:
 
     task_type: ModelTaskType = ModelTaskType.T2I
     makes_transparent_images = False  # RGBA outputs (a class constant, not a field)
+    # The DiT kwargs that hold one row per sample: the server's batching concatenates them when passes of several
+    # requests share a forward, and requires every other kwarg to be equal across those passes. Empty: passes
+    # never share a forward.
+    dit_row_kwargs: ClassVar[tuple[str, ...]] = (
+        "hidden_states",
+        "encoder_hidden_states",
+        "encoder_hidden_states_mask",
+        "encoder_hidden_states_image",
+        "pooled_projections",
+        "timestep",
+        "guidance",
+    )
     dit_config: DiTConfig = dataclasses.field(default_factory=DiTConfig)
     vae_config: VAEConfig = dataclasses.field(default_factory=VAEConfig)
     text_encoder_configs: tuple[TextEncoderConfig, ...] = ()

@@ -22,6 +22,9 @@ class ZImagePipelineConfig(ImagePipelineConfig):
     dit_config: ZImageDitConfig = dataclasses.field(default_factory=ZImageDitConfig)
     vae_config: FluxVAEConfig = dataclasses.field(default_factory=FluxVAEConfig)
     text_encoder_configs: tuple[TextEncoderConfig, ...] = (Qwen3TextConfig(),)
+    # The DiT takes each caption's own tokens (`cap_feats`) and a layout built for those lengths, so passes of
+    # different requests do not share a forward.
+    dit_row_kwargs = ()
 
     def pixel_multiple(self) -> int:
         return self.vae_config.spatial_compression * PATCH

@@ -20,6 +20,7 @@ from easel.runtime.loader.pipeline_loader import load_pipeline
 from easel.runtime.outputs import check_writable, plan_output_paths, save_outputs, to_numpy, to_pil
 from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
 from easel.runtime.pipelines_core.schedule_batch import Req
+from easel.runtime.pipelines_core.stages.denoising import DenoisingRun
 from easel.runtime.server_args import ServerArgs
 
 # The sampling parameters that turn every per-request lossy option off: with `Req.exact_path` (the engine-wide ones:
@@ -44,6 +45,25 @@ class GenerationResult:
     cache: dict[str, Any] | None = None
     # With quality_check=True: this output against the exact path's with the same seed.
     quality: QualityReport | None = None
+
+
+@dataclasses.dataclass
+class _Request:
+    """A generation as `generate` runs it: its parameters, its batch, where its files go, and when it began."""
+
+    params: SamplingParams
+    batch: Req
+    paths: list[Path]
+    quality_check: bool
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+@dataclasses.dataclass
+class StartedGeneration:
+    """A generation `DiffGenerator.start` began: its denoising loop `run`, stepped by the caller."""
+
+    request: _Request
+    run: DenoisingRun
 
 
 class DiffGenerator:
@@ -94,6 +114,36 @@ class DiffGenerator:
         """Generates images (or videos) for `prompt`; other keyword arguments are `SamplingParams` fields.
         `step_callback(steps done, steps in all)` is called after every denoising step. `quality_check=True` also
         runs the exact path (no lossy option) with the same seed and sets `quality` to the comparison."""
+        request = self._request(prompt, step_callback, quality_check, sampling_params)
+        request.batch = self.pipeline.forward(request.batch, self.server_args)
+        return self._result(request)
+
+    def start(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        step_callback: Callable[[int, int], None] | None = None,
+        quality_check: bool = False,
+        **sampling_params: Any,
+    ) -> "StartedGeneration":
+        """`generate` up to its denoising loop, which the caller steps (`run.passes()`, `run.advance(...)`, as the
+        server's batching scheduler does) until `run.done`; `finish` then decodes and returns the result."""
+        request = self._request(prompt, step_callback, quality_check, sampling_params)
+        run = self.pipeline.start(request.batch, self.server_args)
+        return StartedGeneration(request, run)
+
+    def finish(self, started: "StartedGeneration") -> GenerationResult:
+        """The result of a generation `start` began, once its loop is done."""
+        started.request.batch = self.pipeline.finish(started.run, self.server_args)
+        return self._result(started.request)
+
+    def _request(
+        self,
+        prompt: str | list[str] | None,
+        step_callback: Callable[[int, int], None] | None,
+        quality_check: bool,
+        sampling_params: dict[str, Any],
+    ) -> "_Request":
         params = self.sampling_defaults.updated(prompt=prompt, **sampling_params)
         parse_cache_spec(params.cache)  # a bad spec fails before any work
         if quality_check and params.output_type == "latent":
@@ -107,14 +157,14 @@ class DiffGenerator:
             count = batch.batch_size * self.server_args.pipeline_config.images_per_sample(batch)
             paths = plan_output_paths(params.output_path, count, batch.prompt[0], params.seed, params.output_format)
             check_writable(paths)
+        return _Request(params, batch, paths, quality_check)
 
-        start = time.perf_counter()
-        batch = self.pipeline.forward(batch, self.server_args)
-        timings = {**batch.timings, "total": time.perf_counter() - start}
-
+    def _result(self, request: "_Request") -> GenerationResult:
+        params, batch, paths = request.params, request.batch, request.paths
+        timings = {**batch.timings, "total": time.perf_counter() - request.started}
         if params.output_type == "latent":
             return GenerationResult(batch.output, timings, cache=batch.cache_summary)
-        quality = self._quality_check(params, batch.output, timings["total"]) if quality_check else None
+        quality = self._quality_check(params, batch.output, timings["total"]) if request.quality_check else None
         pil_outputs = to_pil(batch.output)
         if paths:  # every rank of a parallel run checked the paths above; one writes the files
             paths = save_outputs(pil_outputs, paths, params.fps) if is_output_rank() else []

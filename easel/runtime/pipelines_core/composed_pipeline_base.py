@@ -1,5 +1,6 @@
 """`ComposedPipelineBase`: a model's pipeline as a list of stages over modules loaded from a Diffusers folder."""
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from easel.runtime.pipelines_core.stages import (
     TextEncodingStage,
     TimestepPreparationStage,
 )
+from easel.runtime.pipelines_core.stages.denoising import DenoisingRun
 from easel.runtime.pipelines_core.stages.timestep_preparation import TimestepKwargsFn
 from easel.runtime.server_args import ServerArgs
 
@@ -56,8 +58,29 @@ class ComposedPipelineBase:
 
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
         """Runs the request through every stage, without autograd (and a quality check's reference run exactly)."""
+        return self._run_stages(self.stages, batch, server_args)
+
+    def start(self, batch: Req, server_args: ServerArgs) -> DenoisingRun:
+        """Runs the stages before denoising and returns the request's denoising loop, for a caller that steps it
+        (the server's batching scheduler); `finish` then runs the stages after it."""
+        before = self.stages[: self._denoising_index()]
+        batch = self._run_stages(before, batch, server_args)
+        with torch.inference_mode():
+            return self.stages[len(before)].begin(batch, server_args)
+
+    def finish(self, run: DenoisingRun, server_args: ServerArgs) -> Req:
+        """Runs the stages after the stepped-through loop `run`; its stage's timing is the loop's wall time."""
+        batch = run.finish()
+        batch.timings[DenoisingStage.__name__] = time.perf_counter() - run.started
+        return self._run_stages(self.stages[self._denoising_index() + 1 :], batch, server_args)
+
+    def _denoising_index(self) -> int:
+        return next(i for i, stage in enumerate(self.stages) if isinstance(stage, DenoisingStage))
+
+    @staticmethod
+    def _run_stages(stages: list[PipelineStage], batch: Req, server_args: ServerArgs) -> Req:
         with torch.inference_mode(), exact_layers(batch.exact_path):
-            for stage in self.stages:
+            for stage in stages:
                 batch = stage(batch, server_args)
         return batch
 

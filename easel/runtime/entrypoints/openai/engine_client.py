@@ -1,6 +1,6 @@
-"""The front end's side of the worker process: a bounded queue of admitted requests, one job at a time to the
-worker, a future per request, and a restart when the worker dies (failing the requests it held, so none hangs, and
-loading the LoRA adapters it had into the new one).
+"""The front end's side of the worker process: a bounded queue of admitted requests, up to --max-batch-size jobs
+at a time in the worker (which batches them a step at a time), a future per request, and a restart when the worker
+dies (failing the requests it held, so none hangs, and loading the LoRA adapters it had into the new one).
 
 Every method runs on the event loop's thread, except `_read_results`, which runs in one thread per worker and
 hands what it reads to the loop.
@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from easel.runtime.entrypoints.openai.metrics import ServerMetrics
-from easel.runtime.entrypoints.openai.protocol import APIError
-from easel.runtime.entrypoints.openai.worker import (
+from easel.runtime.entrypoints.openai.messages import (
     CANCELLED_STATUS,
+    BatchLimits,
     Cancel,
     Done,
     Failed,
@@ -31,8 +30,10 @@ from easel.runtime.entrypoints.openai.worker import (
     Progress,
     Ready,
     WorkerJob,
-    run_worker,
 )
+from easel.runtime.entrypoints.openai.metrics import ServerMetrics
+from easel.runtime.entrypoints.openai.protocol import APIError
+from easel.runtime.entrypoints.openai.worker import run_worker
 
 logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 10  # how long an idle worker gets to exit before it is killed
@@ -62,12 +63,19 @@ class Job:
 class _Worker:
     """One worker process and the two pipes to it."""
 
-    def __init__(self, context, model_path: str, engine_options: dict[str, Any], loras: list[dict[str, Any]]):
+    def __init__(
+        self,
+        context,
+        model_path: str,
+        engine_options: dict[str, Any],
+        loras: list[dict[str, Any]],
+        limits: BatchLimits,
+    ):
         jobs_reader, self.jobs = context.Pipe(duplex=False)
         self.results, results_writer = context.Pipe(duplex=False)
         self.process = context.Process(
             target=run_worker,
-            args=(model_path, engine_options, loras, jobs_reader, results_writer),
+            args=(model_path, engine_options, loras, limits, jobs_reader, results_writer),
             name="easel-worker",
             daemon=True,
         )
@@ -82,7 +90,8 @@ class _Worker:
 
 
 class EngineClient:
-    """Admits requests up to a bound, runs them one at a time in the worker, and restarts the worker if it dies."""
+    """Admits requests up to a bound, runs up to `limits.max_size` at a time in the worker, and restarts the worker
+    if it dies."""
 
     def __init__(
         self,
@@ -91,8 +100,10 @@ class EngineClient:
         max_queued: int,
         metrics: ServerMetrics,
         loras: list[dict[str, Any]] | None = None,
+        limits: BatchLimits | None = None,
     ):
         self.model_path, self.engine_options, self.max_queued = model_path, engine_options, max_queued
+        self.limits = limits or BatchLimits()
         self.metrics = metrics
         # The LoRA adapters as the worker last reported them (`list_loras()`): what a restarted worker loads again.
         self.loras: list[dict[str, Any]] = loras or []
@@ -103,10 +114,10 @@ class EngineClient:
         self.failed = asyncio.Event()  # set when the model cannot be loaded
         self._worker: _Worker | None = None
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running: Job | None = None
+        self._running: dict[str, Job] = {}  # by job id, in the worker
         self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or threads
         metrics.add_reading("easel_queue_depth", "Requests waiting for the worker.", lambda: len(self._waiting))
-        metrics.add_reading("easel_running_requests", "Requests the worker runs.", lambda: int(bool(self._running)))
+        metrics.add_reading("easel_running_requests", "Requests the worker runs.", lambda: len(self._running))
         metrics.add_reading("easel_worker_up", "1 while the worker can take requests.", lambda: int(self.ready))
         metrics.add_reading(
             "easel_worker_restarts_total", "Times the worker died and was restarted.", lambda: self.restarts, "counter"
@@ -126,7 +137,8 @@ class EngineClient:
             "status": self.state.value,
             "worker_pid": self._worker.process.pid if self._worker else None,
             "restarts": self.restarts,
-            "running": int(self._running is not None),
+            "running": len(self._running),
+            "max_batch_size": self.limits.max_size,
             "queued": len(self._waiting),
             "max_queued": self.max_queued,
             **({"error": self.failure} if self.failure else {}),
@@ -138,7 +150,7 @@ class EngineClient:
         it starts, then each step's fraction of the denoising."""
         if not self.ready:
             raise APIError(503, f"the worker is {self.state.value}: retry shortly", "server_error", code="unavailable")
-        if self._running is not None and len(self._waiting) >= self.max_queued:
+        if len(self._running) >= self.limits.max_size and len(self._waiting) >= self.max_queued:
             raise APIError(
                 429,
                 f"the queue is full: {len(self._waiting)} requests are waiting (--max-queued-requests "
@@ -152,14 +164,14 @@ class EngineClient:
         return job.future
 
     def cancel(self, job_id: str) -> bool:
-        """Stops job `job_id`: a waiting one leaves the queue now, the running one at its next denoising step (under
+        """Stops job `job_id`: a waiting one leaves the queue now, a running one at its next denoising step (under
         --num-gpus, once the ranks finish it). False when no such job is held."""
         waiting = next((job for job in self._waiting if job.spec.id == job_id), None)
         if waiting is not None:
             self._waiting.remove(waiting)
             self._reject(waiting, APIError(CANCELLED_STATUS, "cancelled while queued", code="cancelled"))
             return True
-        if self._running is None or self._running.spec.id != job_id:
+        if job_id not in self._running:
             return False
         try:
             self._worker.jobs.send(Cancel(job_id))
@@ -172,7 +184,7 @@ class EngineClient:
         if self.state is WorkerState.STOPPED:
             return
         self.state = WorkerState.STOPPED
-        busy = self._running is not None
+        busy = bool(self._running)
         self._fail_held(APIError(503, "the server is shutting down", "server_error", code="shutting_down"))
         worker = self._worker
         if worker is None:
@@ -189,7 +201,7 @@ class EngineClient:
 
     # --- the worker's life ----------------------------------------------------------------------------------
     def _spawn(self) -> None:
-        self._worker = worker = _Worker(self._context, self.model_path, self.engine_options, self.loras)
+        self._worker = worker = _Worker(self._context, self.model_path, self.engine_options, self.loras, self.limits)
         self._reader = threading.Thread(target=self._read_results, args=(worker,), name="easel-results", daemon=True)
         self._reader.start()
 
@@ -214,8 +226,8 @@ class EngineClient:
             case LoadFailed(error):
                 self._fail_loading(f"the model could not be loaded: {error}")
             case Progress(job_id, step, total):
-                job = self._running
-                if job is not None and job.spec.id == job_id and job.on_progress is not None:
+                job = self._running.get(job_id)
+                if job is not None and job.on_progress is not None:
                     job.on_progress(step / total)
             case Done() | LoRAsDone() | Failed():
                 self._finish(message)
@@ -227,10 +239,10 @@ class EngineClient:
             self._fail_loading(f"the worker process {worker.describe_exit()} while loading the model")
             return
         logger.error("the worker process %s; restarting it", worker.describe_exit())
-        running, self._running = self._running, None
-        if running is not None:
-            message = f"the worker process {worker.describe_exit()} while running this request; it is being restarted"
-            self._reject(running, APIError(500, message, "server_error", code="worker_died"))
+        running, self._running = list(self._running.values()), {}
+        message = f"the worker process {worker.describe_exit()} while running this request; it is being restarted"
+        for job in running:
+            self._reject(job, APIError(500, message, "server_error", code="worker_died"))
         self._fail_held(APIError(503, "the worker process died and is restarting: retry shortly", "server_error"))
         self.state = WorkerState.RESTARTING
         self.restarts += 1
@@ -243,23 +255,26 @@ class EngineClient:
 
     # --- jobs -----------------------------------------------------------------------------------------------
     def _dispatch(self) -> None:
-        """Sends the next waiting job to the worker when it is ready and idle."""
-        if not self.ready or self._running is not None or not self._waiting:
-            return
-        job = self._running = self._waiting.popleft()
-        job.started_at = time.perf_counter()
-        if job.on_progress is not None:
-            job.on_progress(0.0)
-        try:
-            self._worker.jobs.send(job.spec)
-        except OSError:
-            pass  # the worker is dying: `_on_exit` fails this job
+        """Sends waiting jobs to the worker while it has room; a LoRA job goes alone, once the worker is idle,
+        since it changes the adapters every request after it runs with."""
+        while self.ready and self._waiting and len(self._running) < self.limits.max_size:
+            alone = isinstance(self._waiting[0].spec, LoRAJob)
+            if self._running and (alone or any(isinstance(job.spec, LoRAJob) for job in self._running.values())):
+                return
+            job = self._waiting.popleft()
+            self._running[job.spec.id] = job
+            job.started_at = time.perf_counter()
+            if job.on_progress is not None:
+                job.on_progress(0.0)
+            try:
+                self._worker.jobs.send(job.spec)
+            except OSError:
+                return  # the worker is dying: `_on_exit` fails the jobs
 
     def _finish(self, message: Done | LoRAsDone | Failed) -> None:
-        job = self._running
-        if job is None or job.spec.id != message.job_id:
+        job = self._running.pop(message.job_id, None)
+        if job is None:
             return
-        self._running = None
         if isinstance(message, Failed):
             error_type = "invalid_request_error" if message.status < 500 else "server_error"
             code = "cancelled" if message.status == CANCELLED_STATUS else None
@@ -275,8 +290,8 @@ class EngineClient:
 
     def _fail_held(self, error: APIError) -> None:
         """Fails every job held: the one running and those waiting."""
-        held = ([self._running] if self._running else []) + list(self._waiting)
-        self._running = None
+        held = list(self._running.values()) + list(self._waiting)
+        self._running = {}
         self._waiting.clear()
         for job in held:
             self._reject(job, error)

@@ -8,6 +8,7 @@ import uuid
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
+from easel.runtime.entrypoints.openai.messages import CANCELLED_STATUS, Done, WorkerJob
 from easel.runtime.entrypoints.openai.protocol import (
     APIError,
     EaselReport,
@@ -20,7 +21,6 @@ from easel.runtime.entrypoints.openai.protocol import (
 from easel.runtime.entrypoints.openai.state import ServerState, check_api_key, get_state
 from easel.runtime.entrypoints.openai.storage import MEDIA_TYPES
 from easel.runtime.entrypoints.openai.uploads import check_images, read_form
-from easel.runtime.entrypoints.openai.worker import CANCELLED_STATUS, Done, WorkerJob
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
 DISCONNECT_POLL_S = 0.25  # how often a waiting request looks whether its client is still there

@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from easel.runtime.entrypoints.openai.messages import LoRAJob, LoRASpec
 from easel.runtime.entrypoints.openai.protocol import APIError, LoRAList, SetLoRARequest
 from easel.runtime.entrypoints.openai.state import ServerState, check_api_key, get_state
-from easel.runtime.entrypoints.openai.worker import LoRAJob, LoRASpec
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
 

@@ -9,11 +9,11 @@ from typing import Any
 from fastapi import Request
 
 from easel.runtime.entrypoints.openai.engine_client import EngineClient
+from easel.runtime.entrypoints.openai.messages import BatchLimits, ModelInfo
 from easel.runtime.entrypoints.openai.metrics import ServerMetrics
 from easel.runtime.entrypoints.openai.protocol import APIError
 from easel.runtime.entrypoints.openai.storage import OutputStore
 from easel.runtime.entrypoints.openai.video_jobs import VideoJobs
-from easel.runtime.entrypoints.openai.worker import ModelInfo
 
 
 @dataclasses.dataclass
@@ -30,6 +30,8 @@ class ServeSettings:
     max_upload_bytes: int = 20 * 2**20
     lora_dir: Path | None = None  # the only folder /v1/set_lora reads LoRA files from; None: it loads none
     lora_paths: list[tuple[Path, float]] = dataclasses.field(default_factory=list)  # --lora-path: (file, strength)
+    batch_limits: BatchLimits = BatchLimits()  # --max-batch-size, --max-batch-tokens
+    webui: bool = False  # --webui: the Gradio page at /ui
 
     @property
     def model_name(self) -> str:
@@ -57,7 +59,12 @@ class ServerState:
             for path, strength in settings.lora_paths
         ]
         self.engine = EngineClient(
-            settings.model_path, settings.engine_options, settings.max_queued_requests, self.metrics, loras
+            settings.model_path,
+            settings.engine_options,
+            settings.max_queued_requests,
+            self.metrics,
+            loras,
+            settings.batch_limits,
         )
         self.store = OutputStore()
         self.videos = VideoJobs()

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from easel.runtime.entrypoints.openai.messages import Done
 from easel.runtime.entrypoints.openai.protocol import APIError, EaselReport, VideoError, VideoList, VideoObject
-from easel.runtime.entrypoints.openai.worker import Done
 
 
 def seconds_of(num_frames: int, fps: int) -> str:

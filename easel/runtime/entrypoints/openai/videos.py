@@ -6,6 +6,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
+from easel.runtime.entrypoints.openai.messages import WorkerJob
 from easel.runtime.entrypoints.openai.protocol import (
     APIError,
     VideoDeleted,
@@ -18,7 +19,6 @@ from easel.runtime.entrypoints.openai.protocol import (
 from easel.runtime.entrypoints.openai.state import check_api_key, get_state
 from easel.runtime.entrypoints.openai.uploads import check_images, read_form
 from easel.runtime.entrypoints.openai.video_jobs import VideoJob
-from easel.runtime.entrypoints.openai.worker import WorkerJob
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
 

@@ -1,20 +1,35 @@
-"""The worker process: loads the model once, then runs one job at a time, reporting progress and results.
+"""The worker process: loads the model once, then runs jobs, reporting progress and results.
 
-It talks to the front end over two pipes, with the messages defined here; it imports torch and Easel's pipelines
-only once started, so that the front end that imports this module stays light.
+One at a time with --max-batch-size 1 (and under --num-gpus, whose ranks run whole jobs); otherwise a step at a
+time, many together (step_scheduler.py). It talks to the front end over two pipes, with the messages of
+messages.py; it imports torch and Easel's pipelines only once started, so that the front end stays light.
 """
 
 import contextlib
-import dataclasses
 import io
 import logging
 import os
 import signal
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 from easel.errors import EaselError, InvalidInputError
+from easel.runtime.entrypoints.openai.messages import (
+    CANCELLED_STATUS,
+    BatchLimits,
+    Cancel,
+    Done,
+    Failed,
+    LoadFailed,
+    LoRAJob,
+    LoRAsDone,
+    LoRASpec,
+    ModelInfo,
+    Progress,
+    Ready,
+    WorkerJob,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,131 +38,15 @@ logger = logging.getLogger(__name__)
 FAULT_PROMPT_VARIABLE = "EASEL_SERVE_FAULT_PROMPT"
 
 
-@dataclasses.dataclass
-class ModelInfo:
-    """What the front end knows of the loaded model: which routes it answers, and its defaults."""
-
-    family: str
-    task: str  # e.g. "text-to-image", "text+image-to-image", "text-to-video"
-    makes_video: bool
-    min_images: int
-    max_images: int
-    width: int | None
-    height: int | None
-    num_frames: int
-    fps: int
-    transparent: bool  # whether its images carry an alpha channel
-
-    def routes(self) -> list[str]:
-        """The generation routes this model answers."""
-        if self.makes_video:
-            return ["/v1/videos"]
-        routes = ["/v1/images/generations"] if self.min_images == 0 else []
-        return routes + (["/v1/images/edits"] if self.max_images > 0 else [])
-
-
-@dataclasses.dataclass
-class WorkerJob:
-    """One request as the worker runs it."""
-
-    id: str
-    params: dict[str, Any]  # `DiffGenerator.generate` keyword arguments (`cache`, `quality_check` among them)
-    images: list[bytes]  # input images, as uploaded
-    image_format: str = "png"  # how generated images are encoded
-    image_compression: int | None = None  # jpeg/webp quality 0..100 (OpenAI's output_compression); None: PIL's
-    video_path: str | None = None  # where a video model writes its MP4
-    lora: str | list[str] | dict[str, float] | None = None  # adapters for this job only (`set_lora`'s argument)
-
-
-@dataclasses.dataclass
-class LoRASpec:
-    """One adapter of a "set" LoRA job: loaded from `path` (inside the job's `lora_dir`) unless loaded already."""
-
-    name: str
-    path: str | None
-    strength: float
-    target: str
-
-
-@dataclasses.dataclass
-class LoRAJob:
-    """A change of the server-wide LoRA adapters, run between generations like any job: "set" loads what is missing
-    and activates `adapters` (only those), "merge" and "unmerge" write the active ones into the weights or back."""
-
-    id: str
-    op: Literal["set", "merge", "unmerge"]
-    adapters: list[LoRASpec] = dataclasses.field(default_factory=list)
-    lora_dir: str | None = None
-
-
-# Messages from the worker to the front end.
-@dataclasses.dataclass
-class Ready:
-    info: ModelInfo
-    loras: list[dict[str, Any]]  # `list_loras()` once the adapters it was given are loaded
-
-
-@dataclasses.dataclass
-class LoRAsDone:
-    """A LoRA job done: the adapters as they are now (`list_loras()`)."""
-
-    job_id: str
-    loras: list[dict[str, Any]]
-
-
-@dataclasses.dataclass
-class LoadFailed:
-    message: str
-
-
-@dataclasses.dataclass
-class Cancel:
-    """Stop job `job_id` at its next step. Sent while it runs; one that arrives after the job ended is ignored."""
-
-    job_id: str
-
-
-# The status of a job stopped by Cancel: nginx's "client closed request", as no HTTP status says "cancelled".
-CANCELLED_STATUS = 499
-
-
 class JobCancelled(Exception):
     """Raised at a step of a job its client cancelled."""
-
-
-@dataclasses.dataclass
-class Progress:
-    job_id: str
-    step: int
-    total: int
-
-
-@dataclasses.dataclass
-class Done:
-    """A finished job: its encoded images (or the MP4 written at `video_path`), their size, seconds per stage, what
-    the step cache did (`GenerationResult.cache`), and the quality check's `QualityReport.to_dict()` if one ran."""
-
-    job_id: str
-    images: list[bytes]
-    width: int
-    height: int
-    num_frames: int
-    timings: dict[str, float]
-    cache: dict[str, Any] | None = None
-    quality: dict[str, Any] | None = None
-
-
-@dataclasses.dataclass
-class Failed:
-    job_id: str
-    status: int  # 400 for a request Easel rejected, 500 for anything else
-    message: str
 
 
 def run_worker(
     model_path: str,
     engine_options: dict[str, Any],
     loras: list[dict[str, Any]],
+    limits: BatchLimits,
     jobs: Connection,
     results: Connection,
 ) -> None:
@@ -170,6 +69,15 @@ def run_worker(
         results.send(LoadFailed(str(error) if isinstance(error, EaselError) else f"{type(error).__name__}: {error}"))
         return
     results.send(Ready(_model_info(generator), generator.list_loras()))
+    if limits.max_size > 1:
+        from easel.runtime.entrypoints.openai.step_scheduler import serve_batched
+
+        serve_batched(generator, limits, jobs, results)
+    else:
+        _serve_one_at_a_time(generator, jobs, results)
+
+
+def _serve_one_at_a_time(generator, jobs: Connection, results: Connection) -> None:
     ranks = getattr(generator, "sentinels", [])  # a parallel run's ranks, watched while idle too
     while True:
         if ranks and jobs not in wait([jobs, *ranks]):
@@ -187,7 +95,7 @@ def run_worker(
         if isinstance(job, WorkerJob):
             results.send(_run(generator, job, jobs, results))
         else:
-            results.send(_run_lora(generator, job))
+            results.send(run_lora_job(generator, job))
         if getattr(generator, "stopped", None):  # a rank died during the job, which failed saying so
             _exit_now(generator)
 
@@ -227,7 +135,8 @@ def _model_info(generator) -> ModelInfo:
     )
 
 
-def _run_lora(generator, job: LoRAJob) -> LoRAsDone | Failed:
+def run_lora_job(generator, job: LoRAJob) -> LoRAsDone | Failed:
+    """Runs a change of the server-wide adapters; its answer."""
     try:
         if job.op == "set":
             _set_loras(generator, job.adapters, job.lora_dir)
@@ -239,7 +148,7 @@ def _run_lora(generator, job: LoRAJob) -> LoRAsDone | Failed:
             generator.unmerge_lora()
         return LoRAsDone(job.id, generator.list_loras())
     except Exception as error:
-        return _failed(job.id, error)
+        return failed(job.id, error)
 
 
 def _set_loras(generator, adapters: list[LoRASpec], lora_dir: str | None) -> None:
@@ -247,7 +156,7 @@ def _set_loras(generator, adapters: list[LoRASpec], lora_dir: str | None) -> Non
     from easel.runtime.loader.lora_loader import resolve_lora_path
 
     loaded = {lora["name"]: lora for lora in generator.list_loras()}
-    previous = _active(generator)
+    previous = active_loras(generator)
     try:
         for adapter in adapters:
             if adapter.path is None:
@@ -269,13 +178,8 @@ def _set_loras(generator, adapters: list[LoRASpec], lora_dir: str | None) -> Non
 
 
 def _run(generator, job: WorkerJob, jobs: Connection, results: Connection) -> Done | Failed:
-    from PIL import Image
-
-    fault_prompt = os.environ.get(FAULT_PROMPT_VARIABLE)
-
     def on_step(step: int, total: int) -> None:
-        if fault_prompt and job.params["prompt"] == fault_prompt:
-            raise RuntimeError(f"injected fault at step {step} ({FAULT_PROMPT_VARIABLE})")
+        check_fault(job, step)
         # While a job runs the front end sends nothing but a Cancel (or the None of a stop, which kills a busy
         # worker anyway), so whatever waits here is read now.
         while jobs.poll():
@@ -285,19 +189,36 @@ def _run(generator, job: WorkerJob, jobs: Connection, results: Connection) -> Do
         results.send(Progress(job.id, step, total))
 
     try:
-        images = [Image.open(io.BytesIO(data)) for data in job.images]
         with _lora_choice(generator, job.lora):
-            result = generator.generate(
-                step_callback=on_step, image=images or None, output_path=job.video_path, **job.params
-            )
-        report = {"cache": result.cache, "quality": result.quality.to_dict() if result.quality is not None else None}
-        if result.frames:
-            frames = result.frames[0]
-            return Done(job.id, [], *frames[0].size, len(frames), result.timings, **report)
-        encoded = [_encode(image, job.image_format, job.image_compression) for image in result.images]
-        return Done(job.id, encoded, *result.images[0].size, 1, result.timings, **report)
+            result = generator.generate(step_callback=on_step, **generate_kwargs(job))
+        return done(job, result)
     except Exception as error:
-        return _failed(job.id, error)
+        return failed(job.id, error)
+
+
+def generate_kwargs(job: WorkerJob) -> dict[str, Any]:
+    """`DiffGenerator.generate` keyword arguments of a job, its uploads opened as images."""
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(data)) for data in job.images]
+    return {"image": images or None, "output_path": job.video_path, **job.params}
+
+
+def check_fault(job: WorkerJob, step: int) -> None:
+    """Raises at a step of a job whose prompt is the fault-injection one (see FAULT_PROMPT_VARIABLE)."""
+    fault_prompt = os.environ.get(FAULT_PROMPT_VARIABLE)
+    if fault_prompt and job.params["prompt"] == fault_prompt:
+        raise RuntimeError(f"injected fault at step {step} ({FAULT_PROMPT_VARIABLE})")
+
+
+def done(job: WorkerJob, result) -> Done:
+    """The answer of a finished job: its images encoded as it asked (a video model's MP4 is on disk already)."""
+    report = {"cache": result.cache, "quality": result.quality.to_dict() if result.quality is not None else None}
+    if result.frames:
+        frames = result.frames[0]
+        return Done(job.id, [], *frames[0].size, len(frames), result.timings, **report)
+    encoded = [_encode(image, job.image_format, job.image_compression) for image in result.images]
+    return Done(job.id, encoded, *result.images[0].size, 1, result.timings, **report)
 
 
 @contextlib.contextmanager
@@ -307,7 +228,7 @@ def _lora_choice(generator, lora: str | list[str] | dict[str, float] | None):
     if lora is None:
         yield
         return
-    server_wide = _active(generator)
+    server_wide = active_loras(generator)
     generator.set_lora(lora)
     try:
         yield
@@ -315,12 +236,13 @@ def _lora_choice(generator, lora: str | list[str] | dict[str, float] | None):
         generator.set_lora(server_wide)
 
 
-def _active(generator) -> dict[str, float]:
+def active_loras(generator) -> dict[str, float]:
     """The active adapters and their strengths, as `set_lora` takes them back."""
     return {lora["name"]: lora["strength"] for lora in generator.list_loras() if lora["active"]}
 
 
-def _failed(job_id: str, error: Exception) -> Failed:
+def failed(job_id: str, error: Exception) -> Failed:
+    """What a job that raised `error` answers: 400 for bad input, 499 when cancelled, else 500."""
     from easel.runtime.distributed.rank_group import RankGroupError
 
     if isinstance(error, RankGroupError):  # a rank died: the server's fault, not the request's

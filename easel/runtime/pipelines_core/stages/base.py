@@ -40,17 +40,20 @@ class PipelineStage:
         """Names of the fields this stage should have set but did not."""
         return [field for field in self.output_fields if not is_set(getattr(batch, field))]
 
-    def __call__(self, batch: Req, server_args: ServerArgs) -> Req:
-        verify = server_args.enable_stage_verification
-        if verify and (missing := self.verify_input(batch, server_args)):
+    def check_input(self, batch: Req, server_args: ServerArgs) -> None:
+        """Raises if stage verification is on and a field this stage needs is unset."""
+        if server_args.enable_stage_verification and (missing := self.verify_input(batch, server_args)):
             raise StageVerificationError(
                 f"{self.name} needs batch field(s) {', '.join(missing)}, but no earlier stage set them"
             )
+
+    def __call__(self, batch: Req, server_args: ServerArgs) -> Req:
+        self.check_input(batch, server_args)
         start = time.perf_counter()
         batch = self.forward(batch, server_args)
         if server_args.torch_device.type == "cuda":
             torch.cuda.synchronize()  # kernels run asynchronously: wait so the timing is the stage's own
         batch.timings[self.name] = time.perf_counter() - start
-        if verify and (missing := self.verify_output(batch, server_args)):
+        if server_args.enable_stage_verification and (missing := self.verify_output(batch, server_args)):
             raise StageVerificationError(f"{self.name} left batch field(s) {', '.join(missing)} unset")
         return batch

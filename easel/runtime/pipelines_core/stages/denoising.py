@@ -1,4 +1,12 @@
-"""`DenoisingStage`: the sampling loop every model shares. Model differences live in PipelineConfig callbacks."""
+"""`DenoisingStage`: the sampling loop every model shares. Model differences live in PipelineConfig callbacks.
+
+The loop is a `DenoisingRun`, one request's state stepped once per timestep: the stage runs it to the end, and the
+server's batching scheduler interleaves the runs of several requests, a step each, over shared DiT forwards.
+"""
+
+import copy
+import time
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -47,64 +55,94 @@ class DenoisingStage(PipelineStage):
         return missing
 
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
-        config = server_args.pipeline_config
-        dtype = next(self.transformer.parameters()).dtype
-        for field in CONDITIONING_FIELDS:
-            setattr(batch, field, [e.to(dtype) for e in getattr(batch, field)])
-        rotary_emb = getattr(self.transformer, "rotary_emb", None)
-        freqs_cis = config.get_freqs_cis(batch, batch.latents.device, rotary_emb, dtype)
+        run = DenoisingRun(self, batch, server_args, self.scheduler)
+        for _ in tqdm(range(run.total), desc="denoising", disable=not server_args.progress_bar):
+            run.advance(run_passes(run.predict, run.passes()))
+        return run.finish()
 
-        latents = batch.latents
-        total = len(batch.timesteps)
+    def begin(self, batch: Req, server_args: ServerArgs) -> "DenoisingRun":
+        """The request's loop, to be stepped by the caller; it steps a copy of the scheduler, which the next
+        request's timestep preparation may then set anew."""
+        self.check_input(batch, server_args)
+        return DenoisingRun(self, batch, server_args, copy.deepcopy(self.scheduler))
+
+
+class DenoisingRun:
+    """One request's denoising loop: its latents, scheduler, step index and cache, advanced a step at a time."""
+
+    def __init__(self, stage: DenoisingStage, batch: Req, server_args: ServerArgs, scheduler):
+        self.stage, self.batch, self.scheduler = stage, batch, scheduler
+        self.config = server_args.pipeline_config
+        self.dtype = next(stage.transformer.parameters()).dtype
+        for field in CONDITIONING_FIELDS:
+            setattr(batch, field, [e.to(self.dtype) for e in getattr(batch, field)])
+        rotary_emb = getattr(stage.transformer, "rotary_emb", None)
+        self.freqs_cis = self.config.get_freqs_cis(batch, batch.latents.device, rotary_emb, self.dtype)
+        self.latents = batch.latents
+        self.total = len(batch.timesteps)
+        self.step = 0
         spec = parse_cache_spec(batch.cache if batch.cache is not None else server_args.cache)
         # Per request: the cache's state is this loop's and goes with it.
-        step_cache = StepCache(spec, self.experts, total) if spec.enabled else None
+        self.step_cache = StepCache(spec, stage.experts, self.total) if spec.enabled else None
+        self.cache_spec = spec
         self.scheduler.set_begin_index(0)  # the scheduler then never searches its timesteps (a host sync)
-        for i, t in enumerate(tqdm(batch.timesteps, desc="denoising", disable=not server_args.progress_bar)):
-            expert, cfg_scale = config.select_expert(batch, t)
-            noise_pred = self.predict_noise(
-                batch, config, expert, latents.to(dtype), t, i, freqs_cis, cfg_scale, step_cache
-            )
-            # fp32 noise keeps the latents in fp32: Diffusers' step casts its result to the prediction's dtype.
-            latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
-            if batch.step_callback is not None:
-                batch.step_callback(i + 1, total)
-        batch.latents = latents
-        if step_cache is not None:
-            batch.cache_summary = {"spec": str(spec), "branches": step_cache.summary()}
-        return batch
+        self.started = time.perf_counter()
+        # This step's choices, set by `passes` and read by `predict` and `advance`.
+        self.expert, self.cfg_scale, self.x, self.has_extra = 0, 1.0, self.latents, False
 
-    def predict_noise(
-        self,
-        batch: Req,
-        config,
-        expert: int,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        step: int,
-        freqs_cis,
-        cfg_scale: float,
-        step_cache: StepCache | None = None,
-    ) -> torch.Tensor:
-        """The guided prediction of one step: the conditional pass, CFG's unconditional one, any extra pass."""
-        transformer = self.experts[expert]
+    @property
+    def done(self) -> bool:
+        return self.step == self.total
 
-        def run(kwargs: dict) -> torch.Tensor:
-            return config.postprocess_noise_pred(transformer(**kwargs), x)
+    @property
+    def transformer(self) -> torch.nn.Module:
+        """The DiT of this step (set by `passes`)."""
+        return self.stage.experts[self.expert]
 
-        passes = {"cond": config.prepare_pos_cond_kwargs(batch, x, t, freqs_cis=freqs_cis)}
+    def passes(self) -> list[dict[str, Any]]:
+        """The DiT kwargs of this step's passes: the conditional one, CFG's unconditional one, any extra pass."""
+        batch, config, step = self.batch, self.config, self.step
+        t = batch.timesteps[step]
+        self.expert, self.cfg_scale = config.select_expert(batch, t)
+        x = self.x = self.latents.to(self.dtype)
+        passes = {"cond": config.prepare_pos_cond_kwargs(batch, x, t, freqs_cis=self.freqs_cis)}
         if batch.do_classifier_free_guidance:
-            passes["uncond"] = config.prepare_neg_cond_kwargs(batch, x, t, freqs_cis=freqs_cis)
-        extra_kwargs = config.prepare_extra_pass_kwargs(batch, x, t, step, freqs_cis=freqs_cis)
+            passes["uncond"] = config.prepare_neg_cond_kwargs(batch, x, t, freqs_cis=self.freqs_cis)
+        extra_kwargs = config.prepare_extra_pass_kwargs(batch, x, t, step, freqs_cis=self.freqs_cis)
+        self.has_extra = extra_kwargs is not None
         if extra_kwargs is not None:
             passes["extra"] = extra_kwargs
-        if step_cache is not None:
-            step_cache.attach(passes, step, expert if len(self.experts) > 1 else None)
-        predictions = run_passes(run, list(passes.values()))  # under CFG parallelism, spread over the CFG group
+        if self.step_cache is not None:
+            self.step_cache.attach(passes, step, self.expert if len(self.stage.experts) > 1 else None)
+        return list(passes.values())
 
+    def predict(self, kwargs: dict[str, Any]) -> torch.Tensor:
+        """One pass of this step through its DiT, alone."""
+        return self.postprocess(self.transformer(**kwargs))
+
+    def postprocess(self, noise_pred: torch.Tensor) -> torch.Tensor:
+        """A pass's DiT output as the scheduler takes it."""
+        return self.config.postprocess_noise_pred(noise_pred, self.x)
+
+    def advance(self, predictions: list[torch.Tensor]) -> None:
+        """Guides this step's predictions (one per pass, in order), steps the scheduler and reports the step."""
+        batch, config = self.batch, self.config
         noise_cond = noise_pred = predictions[0]
         if batch.do_classifier_free_guidance:
-            noise_pred = config.combine_cfg(noise_cond, predictions[1], cfg_scale, batch)
-        if extra_kwargs is not None:
+            noise_pred = config.combine_cfg(noise_cond, predictions[1], self.cfg_scale, batch)
+        if self.has_extra:
             noise_pred = config.combine_extra_pass(noise_pred, noise_cond, predictions[-1], batch)
-        return noise_pred
+        t = batch.timesteps[self.step]
+        # fp32 noise keeps the latents in fp32: Diffusers' step casts its result to the prediction's dtype.
+        self.latents = self.scheduler.step(noise_pred.float(), t, self.latents, return_dict=False)[0]
+        self.step += 1
+        if batch.step_callback is not None:
+            batch.step_callback(self.step, self.total)
+
+    def finish(self) -> Req:
+        """The request's batch with its final latents (and what its cache did)."""
+        batch = self.batch
+        batch.latents = self.latents
+        if self.step_cache is not None:
+            batch.cache_summary = {"spec": str(self.cache_spec), "branches": self.step_cache.summary()}
+        return batch
