@@ -20,7 +20,7 @@ from PIL import Image
 
 from easel import DiffGenerator
 from easel.demo import DEMO_MODEL_PATH
-from easel.runtime.entrypoints.openai.messages import BatchLimits, Cancel, Done, Failed, Progress, WorkerJob
+from easel.runtime.entrypoints.openai.messages import BatchLimits, Done, Failed, Progress, WorkerJob
 from easel.runtime.entrypoints.openai.step_scheduler import StepScheduler
 from easel.runtime.pipelines_core.shared_forward import predict_together
 from easel.testing.lora import build_lora_file
