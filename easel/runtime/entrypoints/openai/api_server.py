@@ -52,6 +52,10 @@ def create_app(state: ServerState) -> FastAPI:
         loras.router,
     ):  # each with its prefix: metrics name routes in full
         app.include_router(router)
+    if state.settings.webui:
+        from easel.runtime.entrypoints.openai.webui import mount_webui  # Gradio is imported with --webui only
+
+        mount_webui(app, state)
     return app
 
 
