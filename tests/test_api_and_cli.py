@@ -41,6 +41,21 @@ def test_several_outputs_and_seeds(generator):
     assert not np.array_equal(images[:1], other_seed)
 
 
+def test_previews_every_k_steps(generator):
+    """Every k steps (not after the last) the callback gets the result predicted at that step, decoded: previews
+    that move towards the final image, which they leave unchanged."""
+    previews = {}
+    request = {"prompt": "a cat", "height": 64, "width": 64, "num_inference_steps": 7, "seed": 3}
+    final = generator.generate(**request, preview_every=3, preview_callback=previews.__setitem__).images[0]
+    assert sorted(previews) == [3, 6] and all(len(images) == 1 for images in previews.values())
+    pixels = {step: np.asarray(images[0]).astype(int) for step, images in previews.items()}
+    target = np.asarray(final).astype(int)
+    assert np.abs(pixels[6] - target).mean() < np.abs(pixels[3] - target).mean()
+    assert np.asarray(generator.generate(**request).images[0]).tolist() == target.tolist()
+    with pytest.raises(InvalidInputError, match="preview_every"):
+        generator.generate(**request, preview_every=-1, preview_callback=print)
+
+
 def test_unknown_parameters_are_refused(generator, tiny_pipeline):
     with pytest.raises(InvalidInputError, match="unknown sampling parameter.*steps"):
         generator.generate("a cat", steps=3)

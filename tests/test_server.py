@@ -5,12 +5,14 @@ mid-request, and 64 concurrent requests. One server serves the whole module; the
 import base64
 import concurrent.futures
 import io
+import json
 import os
 import signal
 import statistics
 import time
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from PIL import Image
@@ -109,6 +111,32 @@ def test_openai_fields_tools_send(client):
     assert sizes[10] < sizes[95]
 
 
+def test_stream_with_partial_images(client):
+    """stream=True through the official client: the partial images (the result the model predicts at evenly spaced
+    steps, so they change), then the final image, equal to the same request without streaming."""
+    request = {"prompt": "a red circle", "size": "64x64", "output_format": "png"}
+    body = {"num_inference_steps": 9, "seed": 4}
+    events = list(client.images.generate(**request, stream=True, partial_images=2, extra_body=body))
+    assert [event.type for event in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [event.partial_image_index for event in events[:2]] == [0, 1]
+    assert all(event.size == "64x64" and event.output_format == "png" for event in events)
+    previews = [np.asarray(_decode(event.b64_json)).astype(int) for event in events]
+    assert np.abs(previews[0] - previews[1]).max() > 0
+    plain = client.images.generate(**request, extra_body=body).data[0].b64_json
+    assert events[-1].b64_json == plain
+    quiet = list(client.images.generate(**request, stream=True, extra_body=body))  # no partial images asked
+    assert [event.type for event in quiet] == ["image_generation.completed"] and quiet[0].b64_json == plain
+
+
+def test_stream_reports_a_failure_as_an_error_event(http):
+    body = {"prompt": FAULT_PROMPT, "size": "64x64", "stream": True, **SMALL}
+    with http.stream("POST", "/v1/images/generations", json=body) as response:
+        text = response.read().decode()
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    (kind, data) = text.strip().split("\n")
+    assert kind == "event: error" and "injected fault" in json.loads(data.removeprefix("data: "))["error"]["message"]
+
+
 def test_a_client_that_hangs_up_frees_the_worker(server):
     request = {"prompt": "a long one", "size": "512x512", "num_inference_steps": 1000}
     with pytest.raises(httpx.ReadTimeout):
@@ -140,7 +168,8 @@ def test_other_model_name_is_404(client):
         ({"prompt": "a cat", "output_compression": 101}, "output_compression"),
         ({"prompt": "a cat", "background": "transparent", "output_format": "jpeg"}, "JPEG has no transparency"),
         ({"prompt": "a cat", "background": "transparent", "size": "64x64"}, "makes opaque images"),
-        ({"prompt": "a cat", "stream": True, "partial_images": 2}, "not supported yet"),
+        ({"prompt": "a cat", "partial_images": 2}, "only with stream=true"),
+        ({"prompt": "a cat", "stream": True, "partial_images": 4}, "partial_images"),
         ({"size": "64x64"}, "prompt"),
         ({"prompt": "a cat", "size": "big"}, "size"),
         ({"prompt": "a cat", "size": "72x64", **SMALL}, "multiple of 16"),  # Easel's own validation, in the worker

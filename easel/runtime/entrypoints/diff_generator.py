@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from easel.configs.sample.base import SamplingParams
 from easel.demo import DEMO_MODEL_PATH
@@ -109,12 +110,17 @@ class DiffGenerator:
         *,
         step_callback: Callable[[int, int], None] | None = None,
         quality_check: bool = False,
+        preview_every: int = 0,
+        preview_callback: Callable[[int, list[Image.Image]], None] | None = None,
         **sampling_params: Any,
     ) -> GenerationResult:
         """Generates images (or videos) for `prompt`; other keyword arguments are `SamplingParams` fields.
-        `step_callback(steps done, steps in all)` is called after every denoising step. `quality_check=True` also
-        runs the exact path (no lossy option) with the same seed and sets `quality` to the comparison."""
+        `step_callback(steps done, steps in all)` is called after every denoising step; with `preview_every` k > 0,
+        `preview_callback(steps done, images)` every k steps (not after the last) with the result the model
+        predicts at that step, decoded. `quality_check=True` also runs the exact path (no lossy option) with the
+        same seed and sets `quality` to the comparison."""
         request = self._request(prompt, step_callback, quality_check, sampling_params)
+        self._add_previews(request.batch, preview_every, preview_callback)
         request.batch = self.pipeline.forward(request.batch, self.server_args)
         return self._result(request)
 
@@ -124,11 +130,14 @@ class DiffGenerator:
         *,
         step_callback: Callable[[int, int], None] | None = None,
         quality_check: bool = False,
+        preview_every: int = 0,
+        preview_callback: Callable[[int, list[Image.Image]], None] | None = None,
         **sampling_params: Any,
     ) -> "StartedGeneration":
         """`generate` up to its denoising loop, which the caller steps (`run.passes()`, `run.advance(...)`, as the
         server's batching scheduler does) until `run.done`; `finish` then decodes and returns the result."""
         request = self._request(prompt, step_callback, quality_check, sampling_params)
+        self._add_previews(request.batch, preview_every, preview_callback)
         run = self.pipeline.start(request.batch, self.server_args)
         return StartedGeneration(request, run)
 
@@ -158,6 +167,17 @@ class DiffGenerator:
             paths = plan_output_paths(params.output_path, count, batch.prompt[0], params.seed, params.output_format)
             check_writable(paths)
         return _Request(params, batch, paths, quality_check)
+
+    def _add_previews(self, batch: Req, every: int, callback: Callable[[int, list[Image.Image]], None] | None) -> None:
+        if every < 0:
+            raise InvalidInputError(f"preview_every must be 0 (no previews) or a number of steps, got {every}")
+        if callback is None or every == 0:
+            return
+
+        def on_preview(step: int, latents: torch.Tensor) -> None:
+            callback(step, to_pil(self.pipeline.decode_preview(batch, latents, self.server_args)))
+
+        batch.preview_every, batch.preview_callback = every, on_preview
 
     def _result(self, request: "_Request") -> GenerationResult:
         params, batch, paths = request.params, request.batch, request.paths

@@ -1,5 +1,6 @@
 """`ComposedPipelineBase`: a model's pipeline as a list of stages over modules loaded from a Diffusers folder."""
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,12 @@ class ComposedPipelineBase:
         batch = run.finish()
         batch.timings[DenoisingStage.__name__] = time.perf_counter() - run.started
         return self._run_stages(self.stages[self._denoising_index() + 1 :], batch, server_args)
+
+    def decode_preview(self, batch: Req, latents: torch.Tensor, server_args: ServerArgs) -> torch.Tensor:
+        """Pixels of `latents` (e.g. a step's predicted result) through the stages after denoising, as the request
+        would decode them, its own batch untouched."""
+        preview = dataclasses.replace(batch, latents=latents, output_type="pil", timings={})
+        return self._run_stages(self.stages[self._denoising_index() + 1 :], preview, server_args).output
 
     def _denoising_index(self) -> int:
         return next(i for i, stage in enumerate(self.stages) if isinstance(stage, DenoisingStage))

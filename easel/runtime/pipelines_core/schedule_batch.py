@@ -67,6 +67,10 @@ class Req:
 
     # Called after every denoising step with (steps done, steps in all).
     step_callback: Callable[[int, int], None] | None = None
+    # Called every `preview_every` steps (not after the last) with (steps done, the denoised latents the model
+    # predicts at that step), for previews of the result.
+    preview_every: int = 0
+    preview_callback: Callable[[int, torch.Tensor], None] | None = None
 
     # Results.
     output: torch.Tensor | None = None  # decoded pixels in 0..1, (B, C, H, W); latents for output_type="latent"

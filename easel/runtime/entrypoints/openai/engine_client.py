@@ -27,6 +27,7 @@ from easel.runtime.entrypoints.openai.messages import (
     LoRAJob,
     LoRAsDone,
     ModelInfo,
+    Preview,
     Progress,
     Ready,
     WorkerJob,
@@ -56,6 +57,7 @@ class Job:
     spec: WorkerJob | LoRAJob
     future: asyncio.Future
     on_progress: Callable[[float], None] | None
+    on_preview: Callable[[int, bytes], None] | None = None
     admitted_at: float = dataclasses.field(default_factory=time.perf_counter)
     started_at: float | None = None
 
@@ -144,10 +146,15 @@ class EngineClient:
             **({"error": self.failure} if self.failure else {}),
         }
 
-    def submit(self, spec: WorkerJob | LoRAJob, on_progress: Callable[[float], None] | None = None) -> asyncio.Future:
+    def submit(
+        self,
+        spec: WorkerJob | LoRAJob,
+        on_progress: Callable[[float], None] | None = None,
+        on_preview: Callable[[int, bytes], None] | None = None,
+    ) -> asyncio.Future:
         """Admits a job (or raises 503 while the worker is not ready, 429 when the queue is full); the future gives
         its `Done` (`LoRAsDone` for a LoRA job), or raises the APIError it failed with. `on_progress` hears 0 when
-        it starts, then each step's fraction of the denoising."""
+        it starts, then each step's fraction of the denoising; `on_preview(index, image)` each partial image."""
         if not self.ready:
             raise APIError(503, f"the worker is {self.state.value}: retry shortly", "server_error", code="unavailable")
         if len(self._running) >= self.limits.max_size and len(self._waiting) >= self.max_queued:
@@ -158,7 +165,7 @@ class EngineClient:
                 "rate_limit_error",
                 code="queue_full",
             )
-        job = Job(spec, self._loop.create_future(), on_progress)
+        job = Job(spec, self._loop.create_future(), on_progress, on_preview)
         self._waiting.append(job)
         self._dispatch()
         return job.future
@@ -229,6 +236,10 @@ class EngineClient:
                 job = self._running.get(job_id)
                 if job is not None and job.on_progress is not None:
                     job.on_progress(step / total)
+            case Preview(job_id, index, image):
+                job = self._running.get(job_id)
+                if job is not None and job.on_preview is not None:
+                    job.on_preview(index, image)
             case Done() | LoRAsDone() | Failed():
                 self._finish(message)
 

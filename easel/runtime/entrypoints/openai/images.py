@@ -2,11 +2,14 @@
 
 import asyncio
 import base64
+import io
+import json
 import time
 import uuid
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from PIL import Image
 
 from easel.runtime.entrypoints.openai.messages import CANCELLED_STATUS, Done, WorkerJob
 from easel.runtime.entrypoints.openai.protocol import (
@@ -23,19 +26,26 @@ from easel.runtime.entrypoints.openai.storage import MEDIA_TYPES
 from easel.runtime.entrypoints.openai.uploads import check_images, read_form
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
+# OpenAI's completed events count tokens of its own models; nothing here is priced so.
+NO_USAGE = {
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "total_tokens": 0,
+    "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+}
 DISCONNECT_POLL_S = 0.25  # how often a waiting request looks whether its client is still there
 
 
-@router.post("/images/generations")
-async def create_images(body: ImageRequest, request: Request) -> ImagesResponse:
+@router.post("/images/generations", response_model=None)
+async def create_images(body: ImageRequest, request: Request) -> ImagesResponse | StreamingResponse:
     state = get_state(request)
     state.require("/v1/images/generations")
     state.check_model(body.model)
-    return await _generate(state, request, body, images=[])
+    return await _generate(state, request, body, images=[], events="image_generation")
 
 
-@router.post("/images/edits")
-async def edit_images(request: Request) -> ImagesResponse:
+@router.post("/images/edits", response_model=None)
+async def edit_images(request: Request) -> ImagesResponse | StreamingResponse:
     state = get_state(request)
     state.require("/v1/images/edits")
     fields, files = await read_form(request, state.settings.max_upload_bytes)
@@ -45,7 +55,8 @@ async def edit_images(request: Request) -> ImagesResponse:
         raise APIError(400, f"unknown file field(s) {unknown}: this route takes image files", param=unknown[0])
     if "image" not in files:
         raise APIError(400, "send the image(s) to edit as `image` files", param="image")
-    return await _generate(state, request, body, images=check_images(files["image"], "image"))
+    images = check_images(files["image"], "image")
+    return await _generate(state, request, body, images=images, events="image_edit")
 
 
 @router.get("/images/{image_id}/content", name="image_content")
@@ -67,7 +78,9 @@ async def _unless_disconnected(request: Request, state: ServerState, job_id: str
             raise APIError(CANCELLED_STATUS, "the client disconnected", code="cancelled")
 
 
-async def _generate(state: ServerState, request: Request, body: ImageRequest, images: list[bytes]) -> ImagesResponse:
+async def _generate(
+    state: ServerState, request: Request, body: ImageRequest, images: list[bytes], events: str
+) -> ImagesResponse | StreamingResponse:
     state.check_loras(body.lora_names())
     if body.background == "transparent" and not state.engine.info.transparent:
         raise APIError(
@@ -85,10 +98,17 @@ async def _generate(state: ServerState, request: Request, body: ImageRequest, im
         image_format=body.output_format,
         image_compression=body.output_compression,
         lora=body.lora,
+        partial_images=body.partial_images,
     )
+    if body.stream:
+        if body.partial_images and state.settings.engine_options.get("num_gpus", 1) > 1:
+            raise APIError(
+                400, "partial images are not made under --num-gpus yet: ask for none", param="partial_images"
+            )
+        return _stream(state, body, job, events)
     done = await _unless_disconnected(request, state, job.id, state.engine.submit(job))
     if body.response_format == "b64_json":
-        data = [ImageData(b64_json=base64.b64encode(image).decode()) for image in done.images]
+        data = [ImageData(b64_json=_b64(image)) for image in done.images]
     else:
         ids = [state.store.put_image(image, body.output_format) for image in done.images]
         data = [ImageData(url=str(request.url_for("image_content", image_id=image_id))) for image_id in ids]
@@ -99,3 +119,46 @@ async def _generate(state: ServerState, request: Request, body: ImageRequest, im
         size=f"{done.width}x{done.height}",
         easel=EaselReport(cache=done.cache, quality=done.quality),
     )
+
+
+def _stream(state: ServerState, body: ImageRequest, job: WorkerJob, events: str) -> StreamingResponse:
+    """OpenAI's image streaming: `{events}.partial_image` events while the job runs, then one `{events}.completed`
+    per image (or an `error` event). A client that hangs up cancels the job, as Starlette then stops the stream."""
+    partials: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    outcome = state.engine.submit(job, on_preview=lambda index, image: partials.put_nowait((index, image)))
+    common = {"background": body.background or "auto", "output_format": body.output_format}
+    common["quality"] = body.quality if body.quality in ("low", "medium", "high") else "auto"
+
+    def event(kind: str, **fields) -> str:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, 'created_at': int(time.time()), **fields})}\n\n"
+
+    async def stream():
+        try:
+            while not (outcome.done() and partials.empty()):
+                waiter = asyncio.ensure_future(partials.get())
+                await asyncio.wait({waiter, outcome}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    waiter.cancel()
+                    continue
+                index, image = waiter.result()
+                size = "x".join(map(str, Image.open(io.BytesIO(image)).size))
+                yield event(
+                    f"{events}.partial_image", b64_json=_b64(image), size=size, partial_image_index=index, **common
+                )
+            try:
+                done = outcome.result()
+            except APIError as error:
+                yield event("error", error=error.body()["error"])
+                return
+            for image in done.images:
+                size = f"{done.width}x{done.height}"
+                yield event(f"{events}.completed", b64_json=_b64(image), size=size, usage=NO_USAGE, **common)
+        finally:
+            if not outcome.done():
+                state.engine.cancel(job.id)
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

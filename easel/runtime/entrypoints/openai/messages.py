@@ -38,6 +38,7 @@ class WorkerJob:
     image_format: str = "png"  # how generated images are encoded
     image_compression: int | None = None  # jpeg/webp quality 0..100 (OpenAI's output_compression); None: PIL's
     video_path: str | None = None  # where a video model writes its MP4
+    partial_images: int = 0  # previews to send while it runs (OpenAI's streaming `partial_images`), evenly spaced
     lora: str | list[str] | dict[str, float] | None = None  # adapters for this job only (`set_lora`'s argument)
 
 
@@ -98,6 +99,16 @@ class Progress:
     job_id: str
     step: int
     total: int
+
+
+@dataclasses.dataclass
+class Preview:
+    """A running job's `index`-th partial image: the result its model predicts at that step, encoded as the job
+    asked, of its first sample."""
+
+    job_id: str
+    index: int
+    image: bytes
 
 
 @dataclasses.dataclass

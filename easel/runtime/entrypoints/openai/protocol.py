@@ -138,8 +138,9 @@ class ImageRequest(GenerationOptions):
     style: Literal["vivid", "natural"] | None = None
     moderation: Literal["auto", "low"] | None = None
     user: str | None = None
+    # Server-sent events: `partial_images` previews of the first image while it is made, then each image.
     stream: bool = False
-    partial_images: int | None = Field(None, ge=0, le=3)
+    partial_images: int = Field(0, ge=0, le=3)
 
     @field_validator("background")
     @classmethod
@@ -148,11 +149,11 @@ class ImageRequest(GenerationOptions):
             raise PydanticCustomError("transparent_jpeg", "JPEG has no transparency: ask for png or webp")
         return value
 
-    @field_validator("stream")
+    @field_validator("partial_images")
     @classmethod
-    def _stream(cls, value: bool) -> bool:
-        if value:
-            raise PydanticCustomError("unsupported", "streaming partial images is not supported yet: omit stream")
+    def _partial_images(cls, value: int, info: ValidationInfo) -> int:
+        if value and not info.data.get("stream"):
+            raise PydanticCustomError("needs_stream", "partial images come only with stream=true")
         return value
 
 

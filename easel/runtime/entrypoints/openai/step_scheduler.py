@@ -163,7 +163,9 @@ class StepScheduler:
 
         try:
             self._apply_lora(job.lora)
-            entry.started = self.generator.start(step_callback=on_step, **generate_kwargs(job))
+            entry.started = self.generator.start(
+                step_callback=on_step, **generate_kwargs(self.generator, job, self._send)
+            )
             entry.tokens = row_tokens(entry.started.run)
             return True
         except Exception as error:

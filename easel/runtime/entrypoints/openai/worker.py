@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import signal
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,6 +27,7 @@ from easel.runtime.entrypoints.openai.messages import (
     LoRAsDone,
     LoRASpec,
     ModelInfo,
+    Preview,
     Progress,
     Ready,
     WorkerJob,
@@ -190,18 +192,30 @@ def _run(generator, job: WorkerJob, jobs: Connection, results: Connection) -> Do
 
     try:
         with _lora_choice(generator, job.lora):
-            result = generator.generate(step_callback=on_step, **generate_kwargs(job))
+            result = generator.generate(step_callback=on_step, **generate_kwargs(generator, job, results.send))
         return done(job, result)
     except Exception as error:
         return failed(job.id, error)
 
 
-def generate_kwargs(job: WorkerJob) -> dict[str, Any]:
-    """`DiffGenerator.generate` keyword arguments of a job, its uploads opened as images."""
+def generate_kwargs(generator, job: WorkerJob, send: Callable[[Any], None]) -> dict[str, Any]:
+    """`DiffGenerator.generate` keyword arguments of a job, its uploads opened as images; with `partial_images` n,
+    a preview every steps/(n + 1) steps, n in all, each sent as a Preview."""
     from PIL import Image
 
     images = [Image.open(io.BytesIO(data)) for data in job.images]
-    return {"image": images or None, "output_path": job.video_path, **job.params}
+    kwargs = {"image": images or None, "output_path": job.video_path, **job.params}
+    if job.partial_images:
+        steps = job.params.get("num_inference_steps") or generator.sampling_defaults.num_inference_steps
+        sent = []
+
+        def on_preview(step: int, previews: list) -> None:
+            if len(sent) < job.partial_images:
+                send(Preview(job.id, len(sent), _encode(previews[0], job.image_format, job.image_compression)))
+                sent.append(step)
+
+        kwargs.update(preview_every=max(1, steps // (job.partial_images + 1)), preview_callback=on_preview)
+    return kwargs
 
 
 def check_fault(job: WorkerJob, step: int) -> None:

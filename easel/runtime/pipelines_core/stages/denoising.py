@@ -132,12 +132,16 @@ class DenoisingRun:
             noise_pred = config.combine_cfg(noise_cond, predictions[1], self.cfg_scale, batch)
         if self.has_extra:
             noise_pred = config.combine_extra_pass(noise_pred, noise_cond, predictions[-1], batch)
-        t = batch.timesteps[self.step]
+        t, sigma, latents = batch.timesteps[self.step], batch.sigmas[self.step], self.latents
         # fp32 noise keeps the latents in fp32: Diffusers' step casts its result to the prediction's dtype.
-        self.latents = self.scheduler.step(noise_pred.float(), t, self.latents, return_dict=False)[0]
+        self.latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
         self.step += 1
         if batch.step_callback is not None:
             batch.step_callback(self.step, self.total)
+        if batch.preview_callback is not None and self.step % batch.preview_every == 0 and not self.done:
+            # Every scheduler here is a flow-matching one: x_t = x_0 + sigma (noise - x_0), the DiT predicting the
+            # velocity noise - x_0, so x_0 is predicted as x_t - sigma * velocity.
+            batch.preview_callback(self.step, latents - sigma * noise_pred.float())
 
     def finish(self) -> Req:
         """The request's batch with its final latents (and what its cache did)."""
