@@ -7,10 +7,10 @@ its own) runs in a forward of its own, in the same iteration as the others.
 
 Bucketing by exact shape, not packing sequences of different lengths into one forward with key-padding masks:
 measured on the 71 M-parameter FLUX DiT on 2 CPU threads (benchmarks/bench_serve.py --compare-packing), a 256x256
-and a 320x320 request cost 0.86 s as two forwards and 0.87 s as one forward padded to the longer sequence, before
-the mask (which also takes attention off its fused kernels). Padding buys nothing where the matmuls are already
-large enough to run at full speed, and wastes the padded rows' work; where they are not (the demo model's 16
-tokens), requests of one size already batch.
+and a 320x320 request cost 0.80 s as two forwards and 0.86 s as one forward with the shorter padded to the longer,
+before any mask (which would also take attention off its fused kernels). Padding wastes the padded rows' work and
+buys nothing where the matmuls already run at full speed; where they do not (the demo model's 16 tokens a row),
+requests of one size already fill a forward.
 """
 
 from collections.abc import Iterator
