@@ -1,5 +1,8 @@
 """The exceptions Easel raises for problems a user can fix; the CLI prints their message without a traceback."""
 
+from collections.abc import Callable
+from typing import Any
+
 
 class EaselError(Exception):
     """Base of every error whose message tells the user what to fix."""
@@ -15,3 +18,12 @@ class ModelLoadError(EaselError):
 
 class StageVerificationError(EaselError):
     """A pipeline stage was given, or left behind, a batch without a field it needs."""
+
+
+def attempt(work: Callable[[], Any]) -> Any:
+    """What `work` returns, or the exception it raised: for work on several requests, where one's failure is its
+    own answer and not the others'."""
+    try:
+        return work()
+    except Exception as error:
+        return error

@@ -67,19 +67,24 @@ def wan(tiny_pipeline):
 
 
 def _together(generator: DiffGenerator, requests: list[dict], joins: list[int]) -> list[np.ndarray]:
-    """The requests' outputs as float arrays, stepped together; request i joins at iteration joins[i]."""
+    """The requests' outputs as float arrays, stepped together; request i joins at iteration joins[i]. Arrivals of
+    an iteration are encoded together, and the requests that finish in one are decoded together."""
     started: dict[int, object] = {}
+    results: dict[int, object] = {}
     iteration = 0
-    while len(started) < len(requests) or any(not s.run.done for s in started.values()):
-        for i, join in enumerate(joins):
-            if join == iteration and i not in started:
-                started[i] = generator.start(output_type="np", **requests[i])
-        running = [s.run for s in started.values() if not s.run.done]
+    while len(results) < len(requests):
+        arrivals = [i for i, join in enumerate(joins) if join == iteration]
+        begun = generator.start_many([{"output_type": "np", **requests[i]} for i in arrivals])
+        started.update(zip(arrivals, begun, strict=True))
+        running = [i for i in started if i not in results]
+        runs = [started[i].run for i in running]
         with torch.inference_mode():
-            for run, predictions in zip(running, predict_together(running), strict=True):
+            for run, predictions in zip(runs, predict_together(runs), strict=True):
                 run.advance(predictions)
+        finished = [i for i in running if started[i].run.done]
+        results.update(zip(finished, generator.finish_many([started[i] for i in finished]), strict=True))
         iteration += 1
-    return [_array(generator.finish(started[i])) for i in range(len(requests))]
+    return [_array(results[i]) for i in range(len(requests))]
 
 
 def _array(result) -> np.ndarray:
@@ -108,8 +113,8 @@ def test_passes_share_forwards(flux):
     original = transformer.forward
     transformer.forward = lambda **kwargs: calls.append(kwargs["hidden_states"].shape[0]) or original(**kwargs)
     try:
-        small = [flux.start(**_with_negative(r)) for r in (FLUX_REQUESTS[0], FLUX_REQUESTS[1], FLUX_REQUESTS[5])]
-        wide = flux.start(**FLUX_REQUESTS[2])
+        small = flux.start_many([_with_negative(r) for r in (FLUX_REQUESTS[0], FLUX_REQUESTS[1], FLUX_REQUESTS[5])])
+        (wide,) = flux.start_many([FLUX_REQUESTS[2]])
         with torch.inference_mode():
             predict_together([s.run for s in [*small, wide]])
     finally:

@@ -1,6 +1,7 @@
 """`DiffGenerator`: the Python API. Load a model once, then generate as often as you like."""
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from PIL import Image
 
 from easel.configs.sample.base import SamplingParams
 from easel.demo import DEMO_MODEL_PATH
-from easel.errors import InvalidInputError
+from easel.errors import InvalidInputError, attempt
 from easel.quality import QualityReport, compare
 from easel.registry import ModelFamily
 from easel.runtime.cache.spec import parse_cache_spec
@@ -119,12 +120,45 @@ class DiffGenerator:
         `preview_callback(steps done, images)` every k steps (not after the last) with the result the model
         predicts at that step, decoded. `quality_check=True` also runs the exact path (no lossy option) with the
         same seed and sets `quality` to the comparison."""
-        request = self._request(prompt, step_callback, quality_check, sampling_params)
-        self._add_previews(request.batch, preview_every, preview_callback)
+        request = self._request(
+            prompt,
+            step_callback=step_callback,
+            quality_check=quality_check,
+            preview_every=preview_every,
+            preview_callback=preview_callback,
+            **sampling_params,
+        )
         request.batch = self.pipeline.forward(request.batch, self.server_args)
         return self._result(request)
 
-    def start(
+    def start_many(self, requests: list[dict[str, Any]]) -> list["StartedGeneration | Exception"]:
+        """`generate` up to the denoising loop for several requests (each a dict of `generate`'s keyword arguments),
+        sharing text encoding where that changes nothing. Each loop is the caller's to step (`run.passes()`,
+        `run.advance(...)`, as the server's batching scheduler does) until `run.done`; `finish_many` then decodes.
+        A request that fails gets its exception in its place."""
+        outcomes: list[Any] = [attempt(functools.partial(self._request, **r)) for r in requests]
+        prepared = [outcome for outcome in outcomes if isinstance(outcome, _Request)]
+        runs = iter(self.pipeline.start_many([request.batch for request in prepared], self.server_args))
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, _Request):
+                run = next(runs)
+                outcomes[i] = run if isinstance(run, Exception) else StartedGeneration(outcome, run)
+        return outcomes
+
+    def finish_many(self, started: list["StartedGeneration"]) -> list[GenerationResult | Exception]:
+        """The results of generations `start_many` began, once their loops are done, decoded together where their
+        sizes match; a request that fails gets its exception in its place."""
+        batches = self.pipeline.finish_many([s.run for s in started], self.server_args)
+        results = []
+        for generation, batch in zip(started, batches, strict=True):
+            if isinstance(batch, Exception):
+                results.append(batch)
+                continue
+            generation.request.batch = batch
+            results.append(attempt(functools.partial(self._result, generation.request)))
+        return results
+
+    def _request(
         self,
         prompt: str | list[str] | None = None,
         *,
@@ -133,25 +167,6 @@ class DiffGenerator:
         preview_every: int = 0,
         preview_callback: Callable[[int, list[Image.Image]], None] | None = None,
         **sampling_params: Any,
-    ) -> "StartedGeneration":
-        """`generate` up to its denoising loop, which the caller steps (`run.passes()`, `run.advance(...)`, as the
-        server's batching scheduler does) until `run.done`; `finish` then decodes and returns the result."""
-        request = self._request(prompt, step_callback, quality_check, sampling_params)
-        self._add_previews(request.batch, preview_every, preview_callback)
-        run = self.pipeline.start(request.batch, self.server_args)
-        return StartedGeneration(request, run)
-
-    def finish(self, started: "StartedGeneration") -> GenerationResult:
-        """The result of a generation `start` began, once its loop is done."""
-        started.request.batch = self.pipeline.finish(started.run, self.server_args)
-        return self._result(started.request)
-
-    def _request(
-        self,
-        prompt: str | list[str] | None,
-        step_callback: Callable[[int, int], None] | None,
-        quality_check: bool,
-        sampling_params: dict[str, Any],
     ) -> "_Request":
         params = self.sampling_defaults.updated(prompt=prompt, **sampling_params)
         parse_cache_spec(params.cache)  # a bad spec fails before any work
@@ -159,6 +174,7 @@ class DiffGenerator:
             raise InvalidInputError("the quality check compares pixels: drop quality_check or output_type='latent'")
         batch = Req.from_sampling_params(params)
         batch.step_callback = step_callback
+        self._add_previews(batch, preview_every, preview_callback)
         paths: list[Path] = []
         if params.output_path is not None:  # checked before any work, so a bad path costs nothing
             if params.output_type == "latent":

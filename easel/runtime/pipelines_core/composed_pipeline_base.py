@@ -1,13 +1,14 @@
 """`ComposedPipelineBase`: a model's pipeline as a list of stages over modules loaded from a Diffusers folder."""
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from easel.errors import ModelLoadError
+from easel.errors import ModelLoadError, attempt
 from easel.runtime.layers.exact_path import exact_layers
 from easel.runtime.loader.component_loader import load_pipeline_modules, read_model_index
 from easel.runtime.pipelines_core.schedule_batch import Req
@@ -61,19 +62,26 @@ class ComposedPipelineBase:
         """Runs the request through every stage, without autograd (and a quality check's reference run exactly)."""
         return self._run_stages(self.stages, batch, server_args)
 
-    def start(self, batch: Req, server_args: ServerArgs) -> DenoisingRun:
-        """Runs the stages before denoising and returns the request's denoising loop, for a caller that steps it
-        (the server's batching scheduler); `finish` then runs the stages after it."""
+    def start_many(self, batches: list[Req], server_args: ServerArgs) -> list[DenoisingRun | Exception]:
+        """Runs the stages before denoising for several requests (sharing work where a stage can) and returns each
+        request's denoising loop, for a caller that steps it (the server's batching scheduler), or what it failed
+        with; `finish_many` then runs the stages after it."""
         before = self.stages[: self._denoising_index()]
-        batch = self._run_stages(before, batch, server_args)
+        outcomes = self._run_stages_many(before, batches, server_args)
         with torch.inference_mode():
-            return self.stages[len(before)].begin(batch, server_args)
+            for i, outcome in enumerate(outcomes):
+                if isinstance(outcome, Req):
+                    outcomes[i] = attempt(functools.partial(self.stages[len(before)].begin, outcome, server_args))
+        return outcomes
 
-    def finish(self, run: DenoisingRun, server_args: ServerArgs) -> Req:
-        """Runs the stages after the stepped-through loop `run`; its stage's timing is the loop's wall time."""
-        batch = run.finish()
-        batch.timings[DenoisingStage.__name__] = time.perf_counter() - run.started
-        return self._run_stages(self.stages[self._denoising_index() + 1 :], batch, server_args)
+    def finish_many(self, runs: list[DenoisingRun], server_args: ServerArgs) -> list[Req | Exception]:
+        """Runs the stages after the stepped-through loops `runs`; their stage's timing is each loop's wall time."""
+        batches = []
+        for run in runs:
+            batch = run.finish()
+            batch.timings[DenoisingStage.__name__] = time.perf_counter() - run.started
+            batches.append(batch)
+        return self._run_stages_many(self.stages[self._denoising_index() + 1 :], batches, server_args)
 
     def decode_preview(self, batch: Req, latents: torch.Tensor, server_args: ServerArgs) -> torch.Tensor:
         """Pixels of `latents` (e.g. a step's predicted result) through the stages after denoising, as the request
@@ -84,12 +92,30 @@ class ComposedPipelineBase:
     def _denoising_index(self) -> int:
         return next(i for i, stage in enumerate(self.stages) if isinstance(stage, DenoisingStage))
 
+    def _run_stages(self, stages: list[PipelineStage], batch: Req, server_args: ServerArgs) -> Req:
+        (outcome,) = self._run_stages_many(stages, [batch], server_args)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
     @staticmethod
-    def _run_stages(stages: list[PipelineStage], batch: Req, server_args: ServerArgs) -> Req:
-        with torch.inference_mode(), exact_layers(batch.exact_path):
+    def _run_stages_many(
+        stages: list[PipelineStage], batches: list[Req], server_args: ServerArgs
+    ) -> list[Req | Exception]:
+        """Each batch through the stages, or the exception it failed with; a stage that shares work across
+        requests runs them together (a failure there fails them all), any other one request at a time."""
+        outcomes: list[Req | Exception] = list(batches)
+        with torch.inference_mode(), exact_layers(any(batch.exact_path for batch in batches)):
             for stage in stages:
-                batch = stage(batch, server_args)
-        return batch
+                alive = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, Req)]
+                if stage.shares_work_across_requests and len(alive) > 1:
+                    done = attempt(functools.partial(stage.run_many, [outcomes[i] for i in alive], server_args))
+                    for n, i in enumerate(alive):
+                        outcomes[i] = done if isinstance(done, Exception) else done[n]
+                    continue
+                for i in alive:
+                    outcomes[i] = attempt(functools.partial(stage, outcomes[i], server_args))
+        return outcomes
 
     # --- standard compositions (the modular style) ------------------------------------------------------------
     def add_standard_t2i_stages(self, prepare_extra_timestep_kwargs: list[TimestepKwargsFn] | tuple = ()) -> None:

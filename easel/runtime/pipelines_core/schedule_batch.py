@@ -62,6 +62,7 @@ class Req:
     raw_latent_shape: tuple[int, ...] | None = None  # before packing
     timesteps: torch.Tensor | None = None
     sigmas: list[float] | None = None
+    scheduler: Any = None  # the request's own scheduler, set to its schedule (timestep_preparation.set_schedule)
     # Model-specific values: the family's own sampling parameters, and what its stages hand on.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+from typing import ClassVar
 
 import torch
 
@@ -18,6 +19,10 @@ class TextEncoding:
     pooled: torch.Tensor | None = None  # (B, D), goes to batch.pooled_embeds
     mask: torch.Tensor | None = None  # (B, T), 1 for real tokens, goes to batch.prompt_embeds_mask
 
+    def rows(self, rows: slice) -> "TextEncoding":
+        """The encoding of some of its prompts."""
+        return TextEncoding(*(None if t is None else t[rows] for t in (self.embeds, self.pooled, self.mask)))
+
 
 @dataclasses.dataclass
 class TextEncoderConfig:
@@ -26,6 +31,9 @@ class TextEncoderConfig:
     tokenizer: str = "tokenizer"  # module names, as in model_index.json
     text_encoder: str = "text_encoder"
     max_length: int | None = None  # None: the request's `max_sequence_length`
+    # True when a prompt's encoding does not depend on the prompts encoded with it (each is padded to one window):
+    # then the prompts of several requests may share a call (`TextEncodingStage.forward_many`).
+    fixed_window: ClassVar[bool] = True
 
     def encode(self, prompts: list[str], tokenizer, text_encoder, batch: Req) -> TextEncoding:
         """The last hidden state of prompts padded to the full window."""

@@ -23,6 +23,8 @@ QWEN_IMAGE_TEMPLATE = (
 class QwenVLTextConfig(TextEncoderConfig):
     """The last hidden states of the prompt's tokens only: the template's first `drop_tokens` are cut off."""
 
+    fixed_window = False  # prompts are padded to the longest encoded with them
+
     template: str = QWEN_IMAGE_TEMPLATE
     drop_tokens: int = 34  # the template's tokens before the prompt, in the real Qwen vocabulary
     max_length: int | None = 1024  # prompt tokens the tokenizer keeps (the template's come on top)

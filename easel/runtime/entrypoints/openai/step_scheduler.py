@@ -13,17 +13,20 @@ waits likewise for the batch to empty.
 
 import collections
 import dataclasses
+import functools
 import logging
 from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
 
+from easel.errors import attempt
 from easel.runtime.entrypoints.diff_generator import DiffGenerator, StartedGeneration
 from easel.runtime.entrypoints.openai.messages import (
     CANCELLED_STATUS,
     BatchLimits,
     Cancel,
+    Done,
     Failed,
     LoRAJob,
     Progress,
@@ -122,14 +125,22 @@ class StepScheduler:
                 except Exception as error:
                     self.running.remove(entry)
                     self._send(failed(entry.job.id, error))
-        for entry in [entry for entry in self.running if entry.started.run.done]:
-            self.running.remove(entry)
-            try:
-                self._send(done(entry.job, self.generator.finish(entry.started)))
-            except Exception as error:
-                self._send(failed(entry.job.id, error))
+        finished = [entry for entry in self.running if entry.started.run.done]
+        if not finished:
+            return
+        self.running = [entry for entry in self.running if not entry.started.run.done]
+        results = self.generator.finish_many([entry.started for entry in finished])  # decoded together
+        for entry, result in zip(finished, results, strict=True):
+            self._send(failed(entry.job.id, result) if isinstance(result, Exception) else self._done(entry, result))
+
+    def _done(self, entry: _Entry, result) -> Done | Failed:
+        try:
+            return done(entry.job, result)
+        except Exception as error:  # e.g. an RGBA image asked for as JPEG
+            return failed(entry.job.id, error)
 
     def _admit(self) -> None:
+        """Moves jobs from the queue's head into the batch while there is room, first come first served."""
         while self.waiting and len(self.running) < self.max_size:
             head = self.waiting[0]
             if isinstance(head, LoRAJob):
@@ -140,37 +151,50 @@ class StepScheduler:
                 self._send(run_lora_job(self.generator, head))
                 self.server_wide = active_loras(self.generator)
                 continue
-            entry = head if isinstance(head, _Entry) else _Entry(head)
-            if entry.job.lora != self.applied and self.running:
+            if not isinstance(head, _Entry):
+                if not self._start_arrivals():
+                    return
+                continue
+            if self.running and head.job.lora != self.applied:
                 return  # another adapter choice: it waits for this batch to finish
-            if entry.started is None:
-                self.waiting[0] = entry
-                if not self._start(entry):
-                    self.waiting.popleft()
-                    continue
-            if self.running and sum(e.tokens for e in self.running) + entry.tokens > self.max_tokens:
+            if self.running and sum(e.tokens for e in self.running) + head.tokens > self.max_tokens:
                 return
+            self.running.append(self.waiting.popleft())
+
+    def _start_arrivals(self) -> bool:
+        """Encodes the prompts of the jobs at the queue's head that may join now, together: those of one adapter
+        choice, as many as the batch has room for. A job that fails to start is answered and dropped. False when
+        none may start now."""
+        arrivals: list[WorkerJob] = []
+        for held in self.waiting:
+            if not isinstance(held, WorkerJob) or len(arrivals) == self.max_size - len(self.running):
+                break
+            if arrivals and held.lora != arrivals[0].lora:
+                break
+            arrivals.append(held)
+        if not arrivals or (self.running and arrivals[0].lora != self.applied):
+            return False
+        self._apply_lora(arrivals[0].lora)
+        requests = [attempt(functools.partial(self._generate_kwargs, job)) for job in arrivals]
+        outcomes = iter(self.generator.start_many([r for r in requests if not isinstance(r, Exception)]))
+        entries = []
+        for job, request in zip(arrivals, requests, strict=True):
+            started = request if isinstance(request, Exception) else next(outcomes)
+            if isinstance(started, Exception):
+                self._send(failed(job.id, started))
+            else:
+                entries.append(_Entry(job, started, row_tokens(started.run)))
+        for _ in arrivals:
             self.waiting.popleft()
-            self.running.append(entry)
+        self.waiting.extendleft(reversed(entries))
+        return True
 
-    def _start(self, entry: _Entry) -> bool:
-        """Encodes a job's prompt and prepares its loop; False (and its answer sent) if that fails."""
-        job = entry.job
-
+    def _generate_kwargs(self, job: WorkerJob) -> dict[str, Any]:
         def on_step(step: int, total: int) -> None:
             check_fault(job, step)
             self._send(Progress(job.id, step, total))
 
-        try:
-            self._apply_lora(job.lora)
-            entry.started = self.generator.start(
-                step_callback=on_step, **generate_kwargs(self.generator, job, self._send)
-            )
-            entry.tokens = row_tokens(entry.started.run)
-            return True
-        except Exception as error:
-            self._send(failed(job.id, error))
-            return False
+        return {"step_callback": on_step, **generate_kwargs(self.generator, job, self._send)}
 
     def _apply_lora(self, choice: Any) -> None:
         """Makes a job's adapter choice (None: the server-wide adapters) the applied one."""

@@ -24,6 +24,9 @@ class PipelineStage:
     # Batch fields this stage needs set before it runs, and those it must have set when it is done.
     input_fields: tuple[str, ...] = ()
     output_fields: tuple[str, ...] = ()
+    # True when `forward_many` runs several requests' batches together (the server's batching scheduler starts and
+    # finishes requests together); a failure in it then fails them all, where other stages fail one request.
+    shares_work_across_requests = False
 
     @property
     def name(self) -> str:
@@ -48,12 +51,24 @@ class PipelineStage:
             )
 
     def __call__(self, batch: Req, server_args: ServerArgs) -> Req:
-        self.check_input(batch, server_args)
+        return self.run_many([batch], server_args)[0]
+
+    def forward_many(self, batches: list[Req], server_args: ServerArgs) -> list[Req]:
+        """Several requests' batches: one after another, unless the stage can do them together (and says so with
+        `shares_work_across_requests`)."""
+        return [self.forward(batch, server_args) for batch in batches]
+
+    def run_many(self, batches: list[Req], server_args: ServerArgs) -> list[Req]:
+        """`forward_many`, timed (each batch gets the stage's wall time) and optionally verified."""
+        for batch in batches:
+            self.check_input(batch, server_args)
         start = time.perf_counter()
-        batch = self.forward(batch, server_args)
+        batches = self.forward_many(batches, server_args)
         if server_args.torch_device.type == "cuda":
             torch.cuda.synchronize()  # kernels run asynchronously: wait so the timing is the stage's own
-        batch.timings[self.name] = time.perf_counter() - start
-        if server_args.enable_stage_verification and (missing := self.verify_output(batch, server_args)):
-            raise StageVerificationError(f"{self.name} left batch field(s) {', '.join(missing)} unset")
-        return batch
+        seconds = time.perf_counter() - start
+        for batch in batches:
+            batch.timings[self.name] = seconds
+            if server_args.enable_stage_verification and (missing := self.verify_output(batch, server_args)):
+                raise StageVerificationError(f"{self.name} left batch field(s) {', '.join(missing)} unset")
+        return batches

@@ -17,10 +17,28 @@ class DecodingStage(PipelineStage):
     def __init__(self, vae: torch.nn.Module):
         self.vae = vae
 
+    shares_work_across_requests = True
+
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
-        if batch.output_type == "latent":
-            batch.output = batch.latents
-            return batch
+        return self.forward_many([batch], server_args)[0]
+
+    def forward_many(self, batches: list[Req], server_args: ServerArgs) -> list[Req]:
+        """Decodes the latents of requests of one shape in one VAE call."""
+        groups: dict[tuple, list[tuple[Req, torch.Tensor]]] = {}
+        for batch in batches:
+            if batch.output_type == "latent":
+                batch.output = batch.latents
+                continue
+            latents = self._vae_input(batch, server_args)
+            groups.setdefault(tuple(latents.shape[1:]), []).append((batch, latents))
+        for group in groups.values():
+            images = self._decode(torch.cat([latents for _, latents in group]))
+            for (batch, _), image in zip(group, images.split([len(latents) for _, latents in group]), strict=True):
+                batch.output = image
+        return batches
+
+    def _vae_input(self, batch: Req, server_args: ServerArgs) -> torch.Tensor:
+        """The request's latents unpacked and denormalized, as the VAE decodes them."""
         config = server_args.pipeline_config
         latents = config.unpack_latents(batch.latents, batch)
         # Per-channel statistics come as tensors (on the CPU): on the latents' device, they scale them there.
@@ -29,8 +47,10 @@ class DecodingStage(PipelineStage):
         if shift is not None:
             latents = latents + shift
         vae_param = next(self.vae.parameters())
-        image = decode(self.vae, latents.to(vae_param.device, vae_param.dtype))
+        return latents.to(vae_param.device, vae_param.dtype)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        image = decode(self.vae, latents)
         if image.dim() == 5 and image.shape[2] == 1:  # a video VAE decoding a still image: drop the frame axis
             image = image[:, :, 0]
-        batch.output = (image.float() / 2 + 0.5).clamp(0, 1)  # (B, C, H, W)
-        return batch
+        return (image.float() / 2 + 0.5).clamp(0, 1)  # (B, C, H, W)

@@ -4,7 +4,6 @@ The loop is a `DenoisingRun`, one request's state stepped once per timestep: the
 server's batching scheduler interleaves the runs of several requests, a step each, over shared DiT forwards.
 """
 
-import copy
 import time
 from typing import Any
 
@@ -55,23 +54,25 @@ class DenoisingStage(PipelineStage):
         return missing
 
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
-        run = DenoisingRun(self, batch, server_args, self.scheduler)
+        run = DenoisingRun(self, batch, server_args)
         for _ in tqdm(range(run.total), desc="denoising", disable=not server_args.progress_bar):
             run.advance(run_passes(run.predict, run.passes()))
         return run.finish()
 
     def begin(self, batch: Req, server_args: ServerArgs) -> "DenoisingRun":
-        """The request's loop, to be stepped by the caller; it steps a copy of the scheduler, which the next
-        request's timestep preparation may then set anew."""
+        """The request's loop, to be stepped by the caller."""
         self.check_input(batch, server_args)
-        return DenoisingRun(self, batch, server_args, copy.deepcopy(self.scheduler))
+        return DenoisingRun(self, batch, server_args)
 
 
 class DenoisingRun:
     """One request's denoising loop: its latents, scheduler, step index and cache, advanced a step at a time."""
 
-    def __init__(self, stage: DenoisingStage, batch: Req, server_args: ServerArgs, scheduler):
-        self.stage, self.batch, self.scheduler = stage, batch, scheduler
+    def __init__(self, stage: DenoisingStage, batch: Req, server_args: ServerArgs):
+        # The request's own scheduler where its timestep preparation made one (requests stepped together each
+        # step theirs); else the stage's.
+        self.stage, self.batch = stage, batch
+        self.scheduler = batch.scheduler if batch.scheduler is not None else stage.scheduler
         self.config = server_args.pipeline_config
         self.dtype = next(stage.transformer.parameters()).dtype
         for field in CONDITIONING_FIELDS:

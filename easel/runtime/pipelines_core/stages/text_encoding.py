@@ -10,6 +10,7 @@ class TextEncodingStage(PipelineStage):
     """Encodes the prompt (and the negative prompt under CFG) with every (tokenizer, encoder) pair."""
 
     input_fields = ("prompt",)
+    shares_work_across_requests = True
 
     def __init__(self, text_encoders: list, tokenizers: list, encoder_configs: tuple[TextEncoderConfig, ...]):
         self.encoders = list(zip(tokenizers, text_encoders, encoder_configs, strict=True))
@@ -21,15 +22,39 @@ class TextEncodingStage(PipelineStage):
         return missing
 
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
+        return self.forward_many([batch], server_args)[0]
+
+    def forward_many(self, batches: list[Req], server_args: ServerArgs) -> list[Req]:
+        """Encodes the prompts of requests that can share encoder calls in one call per encoder and side (the
+        prompts, then the negative ones of those under CFG): each prompt's encoding is then the same as alone."""
         config = server_args.pipeline_config
-        sides = [(batch.prompt, False)]
-        if batch.do_classifier_free_guidance:
-            sides.append((batch.negative_prompt or [""] * len(batch.prompt), True))
-        for prompts, negative in sides:
-            encodings = [cfg.encode(prompts, tokenizer, encoder, batch) for tokenizer, encoder, cfg in self.encoders]
-            for encoding in config.postprocess_text_encodings(encodings, batch):
-                self._store(encoding, batch, negative)
-        return batch
+        for group in self._groups(batches):
+            for negative in (False, True):
+                members = [batch for batch in group if batch.do_classifier_free_guidance or not negative]
+                if not members:
+                    continue
+                prompts = [prompt for batch in members for prompt in _prompts(batch, negative)]
+                # Encoders read nothing of a request but its window, which the group shares.
+                encodings = [cfg.encode(prompts, tok, encoder, members[0]) for tok, encoder, cfg in self.encoders]
+                start = 0
+                for batch in members:
+                    rows = slice(start, start + len(batch.prompt))
+                    start = rows.stop
+                    own = [encoding.rows(rows) for encoding in encodings]
+                    for encoding in config.postprocess_text_encodings(own, batch):
+                        self._store(encoding, batch, negative)
+        return batches
+
+    def _groups(self, batches: list[Req]) -> list[list[Req]]:
+        """Requests whose prompts may share encoder calls: every encoder pads to a fixed window, the requests ask
+        for one window (max_sequence_length), and none has input images (which vision-language encoders read)."""
+        if not all(cfg.fixed_window for _, _, cfg in self.encoders):
+            return [[batch] for batch in batches]
+        groups: dict[object, list[Req]] = {}
+        for batch in batches:
+            key = batch.max_sequence_length if not batch.condition_images else id(batch)
+            groups.setdefault(key, []).append(batch)
+        return list(groups.values())
 
     @staticmethod
     def _store(encoding: TextEncoding, batch: Req, negative: bool) -> None:
@@ -46,3 +71,9 @@ class TextEncodingStage(PipelineStage):
         if encoding.pooled is not None:
             pooled = batch.neg_pooled_embeds if negative else batch.pooled_embeds
             pooled.append(encoding.pooled.repeat_interleave(n, dim=0))
+
+
+def _prompts(batch: Req, negative: bool) -> list[str]:
+    if not negative:
+        return batch.prompt
+    return batch.negative_prompt or [""] * len(batch.prompt)

@@ -1,5 +1,6 @@
 """`TimestepPreparationStage`: the scheduler's timesteps and sigmas for this request."""
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,8 @@ class TimestepPreparationStage(PipelineStage):
 
 
 def set_schedule(scheduler, batch: Req, **set_timesteps_kwargs) -> None:
-    """Sets the scheduler's schedule and copies it onto the batch, refusing one the scheduler cannot define."""
+    """Sets the scheduler's schedule and copies it (and the scheduler) onto the batch, refusing one the scheduler
+    cannot define."""
     with np.errstate(invalid="ignore", divide="ignore"):  # an undefined schedule is reported below, not warned of
         scheduler.set_timesteps(**set_timesteps_kwargs)
     if not torch.isfinite(scheduler.sigmas).all():  # e.g. a terminal-stretched schedule of a single step: 0 / 0
@@ -46,3 +48,5 @@ def set_schedule(scheduler, batch: Req, **set_timesteps_kwargs) -> None:
     batch.timesteps = scheduler.timesteps
     batch.sigmas = scheduler.sigmas.tolist()
     batch.num_inference_steps = len(batch.timesteps)
+    # The request's own copy: requests prepared before any of them denoises (the server's batching) each step theirs.
+    batch.scheduler = copy.deepcopy(scheduler)
