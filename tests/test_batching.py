@@ -179,6 +179,21 @@ def test_scheduler_answers_equal_alone(flux):
             assert np.abs(_pixels(data) - np.asarray(image).astype(int)).max() <= 1
 
 
+def test_video_jobs_run_together(wan, tmp_path):
+    """Video jobs batch like images, each writing its MP4 (their pixels against alone: test_batched_equals_alone)."""
+    scheduler, results = _scheduler(wan)
+    jobs = [_job(i, **WAN_REQUESTS[i]) for i in (0, 1, 3)]
+    for job in jobs:
+        job.video_path = str(tmp_path / f"{job.id}.mp4")
+    scheduler.waiting.extend(jobs)
+    scheduler.iterate()
+    assert len(scheduler.running) == 3
+    _drain(scheduler)
+    for job in jobs:
+        (answer,) = results.of(job.id, Done)
+        assert answer.num_frames == job.params["num_frames"] and (tmp_path / f"{job.id}.mp4").stat().st_size > 0
+
+
 def test_token_budget(flux):
     """A request whose rows would take the batch past --max-batch-tokens waits (and those behind it) until there is
     room; one larger than the budget runs alone."""

@@ -137,8 +137,9 @@ def test_stream_reports_a_failure_as_an_error_event(http):
     assert kind == "event: error" and "injected fault" in json.loads(data.removeprefix("data: "))["error"]["message"]
 
 
-def test_a_client_that_hangs_up_frees_the_worker(server):
-    request = {"prompt": "a long one", "size": "512x512", "num_inference_steps": 1000}
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_hangs_up_frees_the_worker(server, stream):
+    request = {"prompt": "a long one", "size": "512x512", "num_inference_steps": 1000, "stream": stream}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{server.url}/v1/images/generations",

@@ -49,7 +49,7 @@ def add_serve_parser(commands) -> None:
         "--max-batch-tokens",
         type=_positive,
         help="image tokens (latent 2x2 patches, times samples and guidance passes) the requests running together may "
-        "hold in all; a request larger than this runs alone (default: 4096 on a CPU, 65536 on a GPU)",
+        "hold in all; a request larger than this runs alone (default: 1024 on a CPU, 65536 on a GPU)",
     )
     server.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every /v1 route")
     server.add_argument("--max-upload-mb", type=float, default=20, help="largest upload taken, in MB (default: 20)")

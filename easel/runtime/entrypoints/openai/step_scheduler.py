@@ -42,9 +42,11 @@ from easel.runtime.entrypoints.openai.worker import (
 from easel.runtime.pipelines_core.shared_forward import predict_together, row_tokens
 
 # Image tokens the rows of one iteration may hold in all, by default. On a CPU a bigger forward stops paying early:
-# the 71 M FLUX DiT's cost per 256x256 row falls from 0.39 s alone to 0.34 s at 4 rows and no further (0.35 at 8),
-# so more rows only lengthen every step. An accelerator keeps gaining far beyond.
-CPU_MAX_BATCH_TOKENS, ACCELERATOR_MAX_BATCH_TOKENS = 4096, 65536
+# the 71 M FLUX DiT's cost per 256x256 row falls from 0.39 s alone to 0.36 s at 2 rows and 0.34 s at 4, no further.
+# Past that, more rows only stretch every request's steps: at 16 clients (benchmarks/bench_serve.py, flux70) a
+# 4096-token budget gave p95 48 s against 37 s one at a time, 1024 gave 44 s against 46 s. A tiny model's rows
+# (the demo's 16 tokens) still batch sixteen requests under it. An accelerator keeps gaining far beyond.
+CPU_MAX_BATCH_TOKENS, ACCELERATOR_MAX_BATCH_TOKENS = 1024, 65536
 
 
 @dataclasses.dataclass
