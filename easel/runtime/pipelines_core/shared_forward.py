@@ -13,6 +13,7 @@ buys nothing where the matmuls already run at full speed; where they do not (the
 requests of one size already fill a forward.
 """
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,11 +41,8 @@ def row_tokens(run: DenoisingRun) -> int:
     """The image tokens a run adds to each step's forwards: its rows (samples times passes) times the tokens of its
     latents, which every DiT here cuts into 2x2 patches."""
     batch = run.batch
-    positions = 1
-    for size in batch.raw_latent_shape[2:]:
-        positions *= size
     passes = 2 if batch.do_classifier_free_guidance else 1
-    return passes * batch.raw_latent_shape[0] * positions // 4
+    return passes * batch.raw_latent_shape[0] * math.prod(batch.raw_latent_shape[2:]) // 4
 
 
 def _groups(indexed: list[tuple[int, Pass]]) -> Iterator[list[tuple[int, Pass]]]:

@@ -78,9 +78,8 @@ async def _unless_disconnected(request: Request, state: ServerState, job_id: str
             raise APIError(CANCELLED_STATUS, "the client disconnected", code="cancelled")
 
 
-async def _generate(
-    state: ServerState, request: Request, body: ImageRequest, images: list[bytes], events: str
-) -> ImagesResponse | StreamingResponse:
+def image_job(state: ServerState, body: ImageRequest, images: list[bytes]) -> WorkerJob:
+    """The worker job of a validated image request, its adapters and background checked against the model."""
     state.check_loras(body.lora_names())
     if body.background == "transparent" and not state.engine.info.transparent:
         raise APIError(
@@ -91,7 +90,7 @@ async def _generate(
         )
     width, height = parse_size(body.size)
     params = {**body.sampling_params(), "width": width, "height": height, "num_outputs_per_prompt": body.n}
-    job = WorkerJob(
+    return WorkerJob(
         f"img_{uuid.uuid4().hex}",
         params,
         images,
@@ -100,6 +99,12 @@ async def _generate(
         lora=body.lora,
         partial_images=body.partial_images,
     )
+
+
+async def _generate(
+    state: ServerState, request: Request, body: ImageRequest, images: list[bytes], events: str
+) -> ImagesResponse | StreamingResponse:
+    job = image_job(state, body, images)
     if body.stream:
         if body.partial_images and state.settings.engine_options.get("num_gpus", 1) > 1:
             raise APIError(

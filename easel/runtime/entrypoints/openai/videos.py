@@ -1,12 +1,13 @@
 """/v1/videos: video generation as asynchronous jobs, their listing, their MP4, and their deletion."""
 
 import uuid
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
-from easel.runtime.entrypoints.openai.messages import WorkerJob
+from easel.runtime.entrypoints.openai.messages import ModelInfo, WorkerJob
 from easel.runtime.entrypoints.openai.protocol import (
     APIError,
     VideoDeleted,
@@ -16,7 +17,7 @@ from easel.runtime.entrypoints.openai.protocol import (
     parse_form,
     parse_size,
 )
-from easel.runtime.entrypoints.openai.state import check_api_key, get_state
+from easel.runtime.entrypoints.openai.state import ServerState, check_api_key, get_state
 from easel.runtime.entrypoints.openai.uploads import check_images, read_form
 from easel.runtime.entrypoints.openai.video_jobs import VideoJob
 
@@ -31,26 +32,38 @@ async def create_video(request: Request) -> VideoObject:
     fields, files = await read_form(request, state.settings.max_upload_bytes)
     body = parse_form(VideoRequest, fields)
     state.check_model(body.model)
-    state.check_loras(body.lora_names())
     if unknown := sorted(files.keys() - {"input_reference"}):
         raise APIError(
             400, f"unknown file field(s) {unknown}: this route takes an input_reference image", param=unknown[0]
         )
     images = check_images(files.get("input_reference", []), "input_reference")
-    width, height = parse_size(body.size)
-    fps = body.fps or info.fps
-    num_frames = body.num_frames or (round(body.seconds * fps) + 1 if body.seconds else info.num_frames)
-
-    video_id = f"video_{uuid.uuid4().hex}"
-    size = f"{width or info.width}x{height or info.height}"
+    spec = video_job(state, info, body, images)
+    params = spec.params
+    size = f"{params['width'] or info.width}x{params['height'] or info.height}"
     job = VideoJob(
-        video_id, state.settings.model_name, body.prompt, size, num_frames, fps, state.store.video_path(video_id)
+        spec.id,
+        state.settings.model_name,
+        body.prompt,
+        size,
+        params["num_frames"],
+        params["fps"],
+        Path(spec.video_path),
     )
-    params = {**body.sampling_params(), "width": width, "height": height, "num_frames": num_frames, "fps": fps}
-    spec = WorkerJob(video_id, params, images, video_path=str(job.path), lora=body.lora)
     state.engine.submit(spec, on_progress=job.on_progress).add_done_callback(job.finish)
     state.videos.add(job)
     return job.to_object()
+
+
+def video_job(state: ServerState, info: ModelInfo, body: VideoRequest, images: list[bytes]) -> WorkerJob:
+    """The worker job of a validated video request, its adapters checked, its length from num_frames or seconds,
+    its MP4 to be written in the server's store."""
+    state.check_loras(body.lora_names())
+    width, height = parse_size(body.size)
+    fps = body.fps or info.fps
+    num_frames = body.num_frames or (round(body.seconds * fps) + 1 if body.seconds else info.num_frames)
+    video_id = f"video_{uuid.uuid4().hex}"
+    params = {**body.sampling_params(), "width": width, "height": height, "num_frames": num_frames, "fps": fps}
+    return WorkerJob(video_id, params, images, video_path=str(state.store.video_path(video_id)), lora=body.lora)
 
 
 @router.get("/videos")

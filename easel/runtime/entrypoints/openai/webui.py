@@ -5,7 +5,6 @@ import asyncio
 import html
 import io
 import secrets
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,12 @@ from fastapi import FastAPI
 from PIL import Image
 
 from easel.errors import EaselError
+from easel.runtime.entrypoints.openai.images import image_job
 from easel.runtime.entrypoints.openai.messages import Done, ModelInfo, WorkerJob
-from easel.runtime.entrypoints.openai.protocol import APIError, ImageRequest, VideoRequest, parse_form, parse_size
+from easel.runtime.entrypoints.openai.protocol import APIError, ImageRequest, VideoRequest, parse_form
 from easel.runtime.entrypoints.openai.state import ServerState
 from easel.runtime.entrypoints.openai.uploads import check_images
+from easel.runtime.entrypoints.openai.videos import video_job
 
 try:
     import gradio as gr
@@ -168,21 +169,11 @@ class WebUI:
         given = {name: value for name, value in fields.items() if value is not None}
         if info.makes_video:
             self.state.require("/v1/videos")
-            body = parse_form(VideoRequest, given)
-        else:
-            self.state.require("/v1/images/edits" if images or info.min_images > 0 else "/v1/images/generations")
-            body = parse_form(ImageRequest, given)
-        self.state.check_loras(body.lora_names())
+            return video_job(self.state, info, parse_form(VideoRequest, given), images)
+        self.state.require("/v1/images/edits" if images or info.min_images > 0 else "/v1/images/generations")
         if len(images) < info.min_images:
             raise APIError(400, f"{info.family} edits images: upload at least {info.min_images}", param="image")
-        width, height = parse_size(body.size)
-        params = {**body.sampling_params(), "width": width, "height": height}
-        if not info.makes_video:
-            return WorkerJob(f"img_{uuid.uuid4().hex}", {**params, "num_outputs_per_prompt": 1}, images, lora=body.lora)
-        video_id = f"video_{uuid.uuid4().hex}"
-        params |= {"num_frames": body.num_frames or info.num_frames, "fps": info.fps}
-        video_path = str(self.state.store.video_path(video_id))
-        return WorkerJob(video_id, params, images, video_path=video_path, lora=body.lora)
+        return image_job(self.state, parse_form(ImageRequest, given), images)
 
     async def _run(self, job: WorkerJob, progress: gr.Progress) -> Done:
         """Submits `job` and moves the progress bar to each step the worker reports; a closed page cancels it."""

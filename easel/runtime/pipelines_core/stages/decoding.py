@@ -32,7 +32,8 @@ class DecodingStage(PipelineStage):
             latents = self._vae_input(batch, server_args)
             groups.setdefault(tuple(latents.shape[1:]), []).append((batch, latents))
         for group in groups.values():
-            images = self._decode(torch.cat([latents for _, latents in group]))
+            stacked = group[0][1] if len(group) == 1 else torch.cat([latents for _, latents in group])
+            images = self._decode(stacked)
             for (batch, _), image in zip(group, images.split([len(latents) for _, latents in group]), strict=True):
                 batch.output = image
         return batches
