@@ -72,7 +72,7 @@ class ParallelDiTCase:
         return model.eval().requires_grad_(False)
 
 
-def _no_exchange(query, key, value, attn_mask, local_attention):
+def _no_exchange(query, key, value, attn_mask, local_attention, kv_cache=None):
     """Sequence-parallel attention with its all-to-all / ring left out: each rank attends only to its own keys."""
     return local_attention(query, key, value) if attn_mask is None else local_attention(query, key, value, attn_mask)
 

@@ -13,6 +13,7 @@ from easel.runtime.layers.attention import (
 )
 from easel.runtime.layers.embeddings import MLPEmbedder, timestep_embedding
 from easel.runtime.layers.kernel_backend import active_kernel_backend, set_kernel_backend
+from easel.runtime.layers.kv_cache import ContextKV, KVCache
 from easel.runtime.layers.layernorm import (
     AdaLNContinuous,
     LayerNormScaleShift,
@@ -39,7 +40,9 @@ from easel.runtime.layers.rotary import (
 __all__ = [
     "AdaLNContinuous",
     "ColumnParallelLinear",
+    "ContextKV",
     "FeedForward",
+    "KVCache",
     "LayerNormScaleShift",
     "MLPEmbedder",
     "ParallelRMSNorm",

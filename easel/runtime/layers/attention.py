@@ -11,11 +11,12 @@ import torch.nn.functional as F
 
 from easel.errors import EaselError
 from easel.runtime.distributed.parallel_state import get_sp_world_size
+from easel.runtime.layers.kv_cache import KVCache
 from easel.runtime.layers.layernorm import apply_qk_norm, apply_qk_norm_rope
 from easel.runtime.layers.parallel_attention import sequence_parallel_attention
 
-# backend(query, key, value) -> out, all (B, L, H, D); backends that support padding masks also take
-# `attn_mask=` (B, L_k) bool, see `attention`.
+# backend(query, key, value) -> out, all (B, L, H, D); backends that support masks also take `attn_mask=`, bool,
+# (B, L_k) or (B, L_q, L_k), see `attention`.
 AttentionBackend = Callable[..., torch.Tensor]
 
 
@@ -25,7 +26,8 @@ def _torch_sdpa(
     """PyTorch's fused scaled-dot-product attention; it wants heads before the sequence."""
     query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, H, L, D)
     if attn_mask is not None:
-        attn_mask = attn_mask[:, None, None, :]  # (B, 1, 1, L_k): the same keys for every head and query
+        # (B, 1, 1, L_k): the same keys for every head and query; (B, 1, L_q, L_k): the same for every head.
+        attn_mask = attn_mask[:, None, None, :] if attn_mask.dim() == 2 else attn_mask[:, None]
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
     return out.transpose(1, 2)  # (B, L, H, D)
 
@@ -146,18 +148,28 @@ def exact_attention() -> Iterator[None]:
 
 
 def attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    kv_cache: KVCache | None = None,
 ) -> torch.Tensor:
     """Softmax attention over (B, L, H, D) tensors, returning (B, L, H, D).
 
-    attn_mask: optional key-padding mask (B, L_k), bool, True for the keys a sample attends to (every query of the
-    sample sees the same keys; each sample must keep at least one). None means full attention, the fast path.
+    attn_mask: optional mask, bool, True for the keys a query attends to: a key-padding mask (B, L_k), every query of
+    a sample seeing the same keys, or one row per query (B, L_q, L_k) (one process only); each query must keep at
+    least one key. None means full attention, the fast path.
+
+    kv_cache: the keys and values of earlier forwards of the request, attended to before these (and these recorded
+    when the cache says so): a block-causal model's frames so far.
 
     Under sequence parallelism the tensors hold this rank's tokens (`easel.runtime.distributed.SequenceShard`) and
     the keys are every rank's: Ulysses and/or ring attention (`parallel_attention`) around the active backend.
     """
     if get_sp_world_size() > 1:
-        return sequence_parallel_attention(query, key, value, attn_mask, _BACKENDS[_active_backend].run)
+        return sequence_parallel_attention(query, key, value, attn_mask, _BACKENDS[_active_backend].run, kv_cache)
+    if kv_cache is not None:
+        key, value = kv_cache.extend(key, value)
     return cross_attention(query, key, value, attn_mask)  # one process: the keys are all here
 
 

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from easel.errors import InvalidInputError
 from easel.runtime.distributed.communication import all_gather, all_to_all
 from easel.runtime.distributed.parallel_state import get_group, get_group_rank, get_group_ranks, get_group_size
+from easel.runtime.layers.kv_cache import KVCache
 
 
 def attention_with_lse_reference(
@@ -113,11 +114,18 @@ def sequence_parallel_attention(
     value: torch.Tensor,
     attn_mask: torch.Tensor | None,
     local_attention,
+    kv_cache: KVCache | None = None,
 ) -> torch.Tensor:
     """USP attention over the SP group: Ulysses over its `ulysses` ranks, ring over its `ring` ranks (either may be
     1). attn_mask is this rank's key mask (B, L_local) or None; local_attention(q, k, v, attn_mask=...) is the backend
-    that runs when no ring is needed."""
+    that runs when no ring is needed. A kv_cache holds this rank's heads of every earlier token, as Ulysses gathers
+    them: it needs the whole sequence on each rank, so no ring and no padding."""
     ulysses = get_group_size("ulysses")
+    if kv_cache is not None and (get_group_size("ring") > 1 or attn_mask is not None):
+        raise InvalidInputError(
+            "a KV cache (block-causal generation) runs under Ulysses sequence parallelism only, with each block's "
+            "tokens dividing by the degree: drop --ring-degree, or choose a size whose frames divide evenly"
+        )
     if ulysses > 1:
         heads = query.shape[2]
         if heads % ulysses:
@@ -129,6 +137,8 @@ def sequence_parallel_attention(
         query, key, value = (all_to_all(t, "ulysses", scatter_dim=2, gather_dim=1) for t in (query, key, value))
         if attn_mask is not None:
             attn_mask = all_gather(attn_mask, "ulysses", dim=1)
+    if kv_cache is not None:
+        key, value = kv_cache.extend(key, value)
     if get_group_size("ring") > 1:
         out = ring_attention(query, key, value, attn_mask)
     elif attn_mask is None:
