@@ -22,13 +22,24 @@ from easel.configs.pipeline_configs.qwen_image import (
 from easel.configs.pipeline_configs.qwen_image_layered import QwenImageLayeredPipelineConfig
 from easel.configs.pipeline_configs.sd3 import SD3PipelineConfig
 from easel.configs.pipeline_configs.wan import WanImageToVideoPipelineConfig, WanPipelineConfig
+from easel.configs.pipeline_configs.wan_dmd import (
+    FastWan22PipelineConfig,
+    WanCausalDMDPipelineConfig,
+    WanDMDPipelineConfig,
+)
 from easel.configs.pipeline_configs.z_image import ZImagePipelineConfig
 from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
 from easel.configs.sample.qwen_image import QwenImageEditSamplingParams, QwenImageSamplingParams
 from easel.configs.sample.qwen_image_layered import QwenImageLayeredSamplingParams
 from easel.configs.sample.sd3 import SD3SamplingParams
-from easel.configs.sample.wan import WanSamplingParams, WanTI2VSamplingParams
+from easel.configs.sample.wan import (
+    FastWan22SamplingParams,
+    FastWanSamplingParams,
+    SelfForcingWanSamplingParams,
+    WanSamplingParams,
+    WanTI2VSamplingParams,
+)
 from easel.configs.sample.z_image import ZImageSamplingParams, ZImageTurboSamplingParams
 from easel.errors import ModelLoadError
 
@@ -212,4 +223,24 @@ register_configs(
     sampling_param_cls=WanTI2VSamplingParams,
     pipeline_config_cls=WanPipelineConfig,
     hf_model_paths=["Wan-AI/Wan2.2-TI2V-5B-Diffusers"],
+)
+register_configs(
+    model_family="fastwan",
+    sampling_param_cls=FastWanSamplingParams,
+    pipeline_config_cls=WanDMDPipelineConfig,
+    hf_model_paths=["FastVideo/FastWan2.1-T2V-1.3B-Diffusers"],
+    model_detectors=[lambda index: index["_class_name"] == "WanDMDPipeline"],
+)
+register_configs(
+    model_family="fastwan2.2-ti2v",
+    sampling_param_cls=FastWan22SamplingParams,
+    pipeline_config_cls=FastWan22PipelineConfig,
+    hf_model_paths=["FastVideo/FastWan2.2-TI2V-5B-Diffusers", "FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers"],
+)
+register_configs(
+    model_family="wan-causal",
+    sampling_param_cls=SelfForcingWanSamplingParams,
+    pipeline_config_cls=WanCausalDMDPipelineConfig,
+    hf_model_paths=["wlsaidhi/SFWan2.1-T2V-1.3B-Diffusers"],
+    model_detectors=[lambda index: index["_class_name"] == "WanCausalDMDPipeline"],
 )

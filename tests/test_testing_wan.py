@@ -49,7 +49,7 @@ def _image(seed: int) -> Image.Image:
     return Image.fromarray((np.random.default_rng(seed).random((64, 64, 3)) * 255).astype(np.uint8))
 
 
-@pytest.fixture(scope="module", params=list(WAN_BUILDERS))
+@pytest.fixture(scope="module", params=list(PIPELINES))
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pathlib.Path]:
     kind = request.param
     return kind, WAN_BUILDERS[kind](tmp_path_factory.mktemp(kind) / kind, 0)
@@ -138,3 +138,20 @@ def test_builds_deterministically(built: tuple[str, pathlib.Path], tmp_path: pat
     kind, folder = built
     assert_same_weights(folder, WAN_BUILDERS[kind](tmp_path / "same", 0))
     assert_other_weights(folder, WAN_BUILDERS[kind](tmp_path / "other", 1))
+
+
+@pytest.mark.parametrize(
+    ("kind", "pipeline", "transformer"),
+    [
+        ("fastwan", "WanDMDPipeline", "WanTransformer3DModel"),
+        ("wan-causal", "WanCausalDMDPipeline", "CausalWanTransformer3DModel"),
+    ],
+)
+def test_fastvideo_folders_are_wan_folders_under_their_class_names(tmp_path, kind, pipeline, transformer) -> None:
+    """FastVideo's DMD and self-forcing folders: Wan2.1-T2V's components and weights, under other class names."""
+    folder, wan = WAN_BUILDERS[kind](tmp_path / kind, 0), WAN_BUILDERS["wan-t2v"](tmp_path / "wan", 0)
+    model_index = json.loads((folder / "model_index.json").read_text())
+    assert model_index["_class_name"] == pipeline and model_index["transformer"] == ["diffusers", transformer]
+    assert json.loads((folder / "transformer" / "config.json").read_text())["_class_name"] == transformer
+    ours, wans = safetensors_tensors(folder / "transformer"), safetensors_tensors(wan / "transformer")
+    assert ours.keys() == wans.keys() and all(torch.equal(ours[key], wans[key]) for key in ours)

@@ -243,7 +243,10 @@ def run_generate(args: argparse.Namespace) -> int:
                 return 0
             for path, strength in args.lora_path:
                 generator.load_lora(path, strength=strength)
-            result = generator.generate(**request, quality_check=args.quality_check)
+            if generator.makes_frame_blocks and not args.quality_check:
+                result = _generate_streamed(generator, request)
+            else:
+                result = generator.generate(**request, quality_check=args.quality_check)
         prints = is_output_rank()  # under torchrun, global rank 0 only
     finally:
         destroy_distributed()  # a rank of a world torchrun launched leaves it; otherwise nothing to do
@@ -259,6 +262,21 @@ def run_generate(args: argparse.Namespace) -> int:
     if result.quality is not None:
         print(result.quality.summary())
     return 0
+
+
+def _generate_streamed(generator, request: dict[str, Any]):
+    """`generate` for a block-causal video model: each block of frames goes into the MP4 as soon as it is made."""
+    import time
+
+    from easel.runtime.entrypoints.diff_generator import GenerationResult
+
+    started, first_block, frames, paths = time.perf_counter(), None, [], []
+    for block in generator.generate_stream(**request):
+        first_block = first_block or time.perf_counter() - started
+        frames += block.frames[0]
+        paths = block.paths
+    timings = {"first block": first_block, "total": time.perf_counter() - started}
+    return GenerationResult([], timings, paths, frames=[frames])
 
 
 def describe_cache(cache: dict[str, Any]) -> str:

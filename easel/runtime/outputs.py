@@ -64,7 +64,8 @@ def save_outputs(outputs: list[Image.Image] | list[Video], paths: list[Path], fp
         return paths
     if any(path.suffix.lower() in VIDEO_FORMATS for path in paths):
         for video, path in zip(outputs, paths, strict=True):
-            _write_atomically(path, lambda partial, video=video: _write_mp4(video, partial, fps))
+            with Mp4Writer(path, fps) as writer:
+                writer.append(video)
         return paths
     frame_paths = [
         path.with_name(f"{path.stem}_{j:03d}{path.suffix}") for path in paths for j in range(len(outputs[0]))
@@ -73,12 +74,30 @@ def save_outputs(outputs: list[Image.Image] | list[Video], paths: list[Path], fp
     return frame_paths
 
 
-def _write_mp4(frames: Video, path: Path, fps: int) -> None:
-    import imageio.v2 as imageio  # imported here: only videos need ffmpeg
+class Mp4Writer:
+    """An MP4 written as its frames come (h264 in yuv420p, which every player reads), under a temporary name beside
+    `path` that replaces it once complete: no half-written file is ever left, even if the frames stop coming."""
 
-    arrays = [np.asarray(frame.convert("RGB")) for frame in frames]
-    # h264 in yuv420p, which every player reads; macro_block_size=1 keeps sizes that are not multiples of 16.
-    imageio.mimwrite(path, arrays, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
+    def __init__(self, path: Path, fps: int):
+        import imageio.v2 as imageio  # imported here: only videos need ffmpeg
+
+        self.path, self.partial = path, _partial_path(path)
+        # macro_block_size=1 keeps sizes that are not multiples of 16.
+        self.writer = imageio.get_writer(self.partial, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
+
+    def append(self, frames: Video) -> None:
+        for frame in frames:
+            self.writer.append_data(np.asarray(frame.convert("RGB")))
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, error_type, *exc_info: object) -> None:
+        self.writer.close()
+        if error_type is None:
+            os.replace(self.partial, self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
 
 
 def save_images(images: list[Image.Image], paths: list[Path]) -> None:
@@ -94,10 +113,15 @@ def save_images(images: list[Image.Image], paths: list[Path]) -> None:
 def _write_atomically(path: Path, write) -> None:
     """`write(partial)` writes a temporary file beside `path` (same extension, for writers that go by it), which then
     replaces `path`, so no half-written file is ever left."""
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.part{path.suffix}")
+    partial = _partial_path(path)
     try:
         write(partial)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def _partial_path(path: Path) -> Path:
+    """A hidden temporary name beside path, with its extension (writers go by it)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.part{path.suffix}")

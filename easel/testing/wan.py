@@ -1,5 +1,6 @@
 """Random-weight Wan2.1 / Wan2.2 video pipelines in Diffusers format: the real layout and geometry, tiny widths."""
 
+import json
 import os
 import pathlib
 from collections.abc import Mapping
@@ -293,7 +294,6 @@ def build_wan_i2v_pipeline(
     return _save(pipeline, path)
 
 
-# kind -> builder(path, seed), for `easel.testing.TINY_PIPELINE_BUILDERS`.
 def build_wan22_i2v_a14b_pipeline(
     path: str | os.PathLike[str], seed: int = 0, *, transformer_config: Mapping[str, Any] | None = None
 ) -> pathlib.Path:
@@ -312,7 +312,43 @@ def build_wan22_i2v_a14b_pipeline(
     return _save(pipeline, path)
 
 
+def _renamed(folder: pathlib.Path, component: str, class_name: str, **component_classes: str) -> None:
+    """Names another class in a saved folder's `model_index.json` (component "", where `component_classes` rename
+    its components' entries too) or a component's config.json: the folders FastVideo publishes are Diffusers' Wan
+    folders under other class names, which Diffusers cannot instantiate and so cannot save."""
+    path = folder / component / ("config.json" if component else "model_index.json")
+    config = json.loads(path.read_text())
+    config["_class_name"] = class_name
+    for name, component_class in component_classes.items():
+        config[name] = [config[name][0], component_class]
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def build_fastwan_pipeline(
+    path: str | os.PathLike[str], seed: int = 0, *, transformer_config: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    """Write a random-weight FastWan2.1-T2V (DMD) folder: a Wan2.1-T2V folder whose model_index names
+    `WanDMDPipeline`, as FastVideo's does."""
+    folder = build_wan_t2v_pipeline(path, seed, transformer_config=transformer_config)
+    _renamed(folder, "", "WanDMDPipeline")
+    return folder
+
+
+def build_wan_causal_pipeline(
+    path: str | os.PathLike[str], seed: int = 0, *, transformer_config: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    """Write a random-weight self-forcing Wan2.1-T2V folder: `WanCausalDMDPipeline` over a Wan2.1 folder whose
+    transformer is named `CausalWanTransformer3DModel` (Wan's weights and config under Diffusers' keys)."""
+    folder = build_wan_t2v_pipeline(path, seed, transformer_config=transformer_config)
+    _renamed(folder, "", "WanCausalDMDPipeline", transformer="CausalWanTransformer3DModel")
+    _renamed(folder, "transformer", "CausalWanTransformer3DModel")
+    return folder
+
+
+# kind -> builder(path, seed), for `easel.testing.TINY_PIPELINE_BUILDERS`.
 WAN_BUILDERS = {
+    "fastwan": build_fastwan_pipeline,
+    "wan-causal": build_wan_causal_pipeline,
     "wan-t2v": build_wan_t2v_pipeline,
     "wan-i2v": build_wan_i2v_pipeline,
     "wan2.2-i2v-a14b": build_wan22_i2v_a14b_pipeline,
@@ -331,7 +367,9 @@ __all__ = [
     "WAN_BUILDERS",
     "WAN_SCHEDULER_CONFIG",
     "build_wan22_a14b_pipeline",
+    "build_fastwan_pipeline",
     "build_wan22_ti2v_pipeline",
+    "build_wan_causal_pipeline",
     "build_wan_i2v_pipeline",
     "build_wan_t2v_pipeline",
     "strengthen_wan_conditioning",

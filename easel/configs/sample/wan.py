@@ -27,3 +27,30 @@ class WanTI2VSamplingParams(WanSamplingParams):
     width: int = 1280
     num_frames: int = 121
     fps: int = 24
+
+
+@dataclasses.dataclass
+class FastWanSamplingParams(WanSamplingParams):
+    """FastWan2.1-T2V's preset in FastVideo: 61 frames of 832x448 at 16 fps in its 3 DMD steps, without CFG."""
+
+    num_inference_steps: int = 3
+    guidance_scale: float = 1.0
+    height: int = 448
+    num_frames: int = 61
+
+
+@dataclasses.dataclass
+class FastWan22SamplingParams(WanTI2VSamplingParams):
+    """FastWan2.2-TI2V-5B: Wan2.2-TI2V's 121 frames of 1280x704 at 24 fps in 3 DMD steps, without CFG."""
+
+    num_inference_steps: int = 3
+    guidance_scale: float = 1.0
+
+
+@dataclasses.dataclass
+class SelfForcingWanSamplingParams(WanSamplingParams):
+    """Self-forcing Wan2.1-T2V-1.3B: 81 frames of 832x480 at 16 fps (7 blocks of 3 latent frames), 4 DMD steps a
+    block, without CFG."""
+
+    num_inference_steps: int = 4
+    guidance_scale: float = 1.0

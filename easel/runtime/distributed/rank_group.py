@@ -401,6 +401,10 @@ class ParallelGenerator(DiffGenerator):
         """As `DiffGenerator.generate`; step_callback runs here, and an error it raises comes once the ranks finish."""
         return self.group.call("generate", on_progress=step_callback, prompt=prompt, **params)
 
+    @property
+    def makes_frame_blocks(self) -> bool:
+        return False  # streaming runs in one process: the ranks of a parallel run return the video whole
+
     def load_lora(self, path, name=None, strength: float = 1.0, target: str | list[str] = "transformer") -> dict:
         return self.group.call("load_lora", path=path, name=name, strength=strength, target=target)
 

@@ -1,15 +1,17 @@
 """`DiffGenerator`: the Python API. Load a model once, then generate as often as you like."""
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from easel.configs.sample.base import SamplingParams
 from easel.demo import DEMO_MODEL_PATH
@@ -17,9 +19,18 @@ from easel.errors import InvalidInputError, attempt
 from easel.quality import QualityReport, compare
 from easel.registry import ModelFamily
 from easel.runtime.cache.spec import parse_cache_spec
+from easel.runtime.distributed.cfg_parallel import run_passes
 from easel.runtime.distributed.parallel_state import get_layout, is_output_rank
 from easel.runtime.loader.pipeline_loader import load_pipeline
-from easel.runtime.outputs import check_writable, plan_output_paths, save_outputs, to_numpy, to_pil
+from easel.runtime.outputs import (
+    VIDEO_FORMATS,
+    Mp4Writer,
+    check_writable,
+    plan_output_paths,
+    save_outputs,
+    to_numpy,
+    to_pil,
+)
 from easel.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.denoising import DenoisingRun
@@ -58,6 +69,21 @@ class _Request:
     paths: list[Path]
     quality_check: bool
     started: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+@dataclasses.dataclass
+class FrameBlock:
+    """A block of a video's frames, decoded as soon as a block-causal model finished it (`generate_stream`)."""
+
+    pixels: torch.Tensor  # (N, 3, f, H, W) in 0..1, N the videos of the request
+    first_frame: int  # the index of the block's first frame in the video
+    output_type: str = "pil"
+    paths: list[Path] = dataclasses.field(default_factory=list)  # the files written, each complete at the end
+
+    @property
+    def frames(self) -> Any:
+        """One list of PIL frames per video ("pil"), or an (N, f, H, W, 3) float array ("np")."""
+        return to_pil(self.pixels) if self.output_type == "pil" else to_numpy(self.pixels)
 
 
 @dataclasses.dataclass
@@ -113,23 +139,66 @@ class DiffGenerator:
         quality_check: bool = False,
         preview_every: int = 0,
         preview_callback: Callable[[int, list[Image.Image]], None] | None = None,
+        block_callback: Callable[[FrameBlock], None] | None = None,
         **sampling_params: Any,
     ) -> GenerationResult:
         """Generates images (or videos) for `prompt`; other keyword arguments are `SamplingParams` fields.
         `step_callback(steps done, steps in all)` is called after every denoising step; with `preview_every` k > 0,
         `preview_callback(steps done, images)` every k steps (not after the last) with the result the model
         predicts at that step, decoded. `quality_check=True` also runs the exact path (no lossy option) with the
-        same seed and sets `quality` to the comparison."""
+        same seed and sets `quality` to the comparison. Block-causal video models (`makes_frame_blocks`) also
+        take `block_callback(FrameBlock)`, called with each block of frames, decoded, as soon as it is made."""
         request = self._request(
             prompt,
             step_callback=step_callback,
             quality_check=quality_check,
             preview_every=preview_every,
             preview_callback=preview_callback,
+            block_callback=block_callback,
             **sampling_params,
         )
         request.batch = self.pipeline.forward(request.batch, self.server_args)
         return self._result(request)
+
+    @property
+    def makes_frame_blocks(self) -> bool:
+        """Whether the model makes its videos a block of frames at a time, which `generate_stream` yields."""
+        return self.pipeline.makes_frame_blocks
+
+    def generate_stream(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        step_callback: Callable[[int, int], None] | None = None,
+        **sampling_params: Any,
+    ) -> Iterator["FrameBlock"]:
+        """Generates a video as `generate` does, yielding each block of frames, decoded, as soon as the model has
+        finished it (block-causal models: `makes_frame_blocks`). The blocks' frames, joined, are `generate`'s video
+        for the same arguments. With output_path, the videos are written as the blocks come (MP4) or at the end
+        (image frames), each file complete once the stream ends and none left half-written if it stops early."""
+        blocks: list[FrameBlock] = []
+        request = self._request(prompt, step_callback=step_callback, block_callback=blocks.append, **sampling_params)
+        (run,) = self.pipeline.start_many([request.batch], self.server_args)
+        if isinstance(run, Exception):
+            raise run
+        # The paths are all MP4s, written as the blocks come, or all image frames, written at the end.
+        to_mp4 = [path for path in request.paths if path.suffix.lower() in VIDEO_FORMATS]
+        held: list[list[Image.Image]] = [[] for _ in request.paths] if not to_mp4 else []
+        with contextlib.ExitStack() as files:
+            writers = [files.enter_context(Mp4Writer(path, request.params.fps)) for path in to_mp4]
+            for _ in tqdm(range(run.total), desc="denoising", disable=not self.server_args.progress_bar):
+                with torch.inference_mode():
+                    run.advance(run_passes(run.predict, run.passes()))
+                for block in blocks:
+                    videos = to_pil(block.pixels)
+                    for writer, video in zip(writers, videos if writers else [], strict=True):
+                        writer.append(video)
+                    for video_so_far, video in zip(held, videos if held else [], strict=True):
+                        video_so_far.extend(video)
+                    yield dataclasses.replace(block, paths=request.paths)
+                blocks.clear()
+        if held:
+            save_outputs(held, request.paths, request.params.fps)
 
     def start_many(self, requests: list[dict[str, Any]]) -> list["StartedGeneration | Exception"]:
         """`generate` up to the denoising loop for several requests (each a dict of `generate`'s keyword arguments),
@@ -166,6 +235,7 @@ class DiffGenerator:
         quality_check: bool = False,
         preview_every: int = 0,
         preview_callback: Callable[[int, list[Image.Image]], None] | None = None,
+        block_callback: Callable[["FrameBlock"], None] | None = None,
         **sampling_params: Any,
     ) -> "_Request":
         params = self.sampling_defaults.updated(prompt=prompt, **sampling_params)
@@ -175,6 +245,8 @@ class DiffGenerator:
         batch = Req.from_sampling_params(params)
         batch.step_callback = step_callback
         self._add_previews(batch, preview_every, preview_callback)
+        if block_callback is not None:
+            self._add_block_decoding(batch, params.output_type, block_callback)
         paths: list[Path] = []
         if params.output_path is not None:  # checked before any work, so a bad path costs nothing
             if params.output_type == "latent":
@@ -194,6 +266,25 @@ class DiffGenerator:
             callback(step, to_pil(self.pipeline.decode_preview(batch, latents, self.server_args)))
 
         batch.preview_every, batch.preview_callback = every, on_preview
+
+    def _add_block_decoding(self, batch: Req, output_type: str, callback: Callable[["FrameBlock"], None]) -> None:
+        if not self.makes_frame_blocks:
+            raise InvalidInputError(
+                "this model does not make its videos in blocks (block-causal video models do, in one process): "
+                "drop block_callback, or use generate"
+            )
+        if output_type == "latent":
+            raise InvalidInputError("frame blocks are decoded frames: drop output_type='latent'")
+        decoders: list = []  # made at the first block, once the latents' shape is known
+
+        def on_block(latents: torch.Tensor) -> None:
+            if not decoders:
+                decoders.append(self.pipeline.block_decoder(batch, self.server_args))
+            pixels = decoders[0].decode(latents)
+            first_frame = decoders[0].frames_done - pixels.shape[2]
+            callback(FrameBlock(pixels, first_frame, output_type))
+
+        batch.block_callback = on_block
 
     def _result(self, request: "_Request") -> GenerationResult:
         params, batch, paths = request.params, request.batch, request.paths

@@ -23,6 +23,7 @@ from easel.runtime.pipelines_core.stages import (
     TextEncodingStage,
     TimestepPreparationStage,
 )
+from easel.runtime.pipelines_core.stages.decoding import BlockDecoder
 from easel.runtime.pipelines_core.stages.denoising import DenoisingRun
 from easel.runtime.pipelines_core.stages.timestep_preparation import TimestepKwargsFn
 from easel.runtime.server_args import ServerArgs
@@ -89,6 +90,16 @@ class ComposedPipelineBase:
         preview = dataclasses.replace(batch, latents=latents, output_type="pil", timings={})
         return self._run_stages(self.stages[self._denoising_index() + 1 :], preview, server_args).output
 
+    @property
+    def makes_frame_blocks(self) -> bool:
+        """Whether the denoising stage finishes the video a block of frames at a time (`Req.block_callback`)."""
+        return self.stages[self._denoising_index()].makes_frame_blocks
+
+    def block_decoder(self, batch: Req, server_args: ServerArgs) -> BlockDecoder:
+        """The request's decoder of finished frame blocks, one after another (see `makes_frame_blocks`)."""
+        decoding = next(stage for stage in self.stages if isinstance(stage, DecodingStage))
+        return decoding.block_decoder(batch, server_args)
+
     def _denoising_index(self) -> int:
         return next(i for i, stage in enumerate(self.stages) if isinstance(stage, DenoisingStage))
 
@@ -134,13 +145,18 @@ class ComposedPipelineBase:
     def add_standard_decoding_stage(self) -> None:
         self.add_stage(DecodingStage(self.get_module("vae")))
 
-    def _add_standard_stages(self, prepare_extra_timestep_kwargs, encode_images: bool) -> None:
+    def add_standard_conditioning_stages(self, encode_images: bool) -> None:
+        """Validate the request, encode its prompt and, with `encode_images`, its input images (through the image
+        encoder where the model has one, and the VAE): the stages before any noise or schedule."""
         self.add_stage(InputValidationStage())
         self.add_stage(self._text_encoding_stage())
         if encode_images and "image_encoder" in self.modules:
             self.add_stage(ImageEncodingStage(self.get_module("image_encoder"), self.get_module("image_processor")))
         if encode_images:
             self.add_stage(ImageVAEEncodingStage(self.get_module("vae")))
+
+    def _add_standard_stages(self, prepare_extra_timestep_kwargs, encode_images: bool) -> None:
+        self.add_standard_conditioning_stages(encode_images)
         self.add_stage(TimestepPreparationStage(self.get_module("scheduler"), prepare_extra_timestep_kwargs))
         self.add_stage(LatentPreparationStage())
         transformer_2 = self.modules.get("transformer_2")  # a second, low-noise expert where the model has one

@@ -72,6 +72,9 @@ class Req:
     # predicts at that step), for previews of the result.
     preview_every: int = 0
     preview_callback: Callable[[int, torch.Tensor], None] | None = None
+    # Called by a block-causal denoising stage with each frame block's final latents, (B, C, f, h, w), in order:
+    # what streaming decodes while the next blocks are made.
+    block_callback: Callable[[torch.Tensor], None] | None = None
 
     # Results.
     output: torch.Tensor | None = None  # decoded pixels in 0..1, (B, C, H, W); latents for output_type="latent"

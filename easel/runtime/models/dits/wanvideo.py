@@ -21,6 +21,8 @@ from easel.configs.models.dits.wanvideo import WanDitConfig
 from easel.runtime.distributed import SequenceShard, streams_key_mask
 from easel.runtime.layers import (
     ColumnParallelLinear,
+    ContextKV,
+    KVCache,
     MLPEmbedder,
     RowParallelLinear,
     apply_qk_norm_rope,
@@ -200,20 +202,25 @@ class WanAttention(nn.Module):
         freqs_cis: FreqsCis | None = None,
         image_context: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        context_kv: ContextKV | None = None,
     ) -> torch.Tensor:
         """x: (B, L, D) queries; context: (B, T, D) keys/values (None: self-attention over x); freqs_cis: rotary
         (cos, sin) of x's positions, self-attention only; image_context: (B, N_img, D), I2V cross-attention only;
-        attn_mask: (B, L) key mask of self-attention, or None; only sequence parallelism's padding sets it."""
+        attn_mask: (B, L) key mask of self-attention, or None; only sequence parallelism's padding sets it.
+        kv_cache: self-attention's keys of earlier frames (causal Wan); context_kv: cross-attention's keys of the
+        request's prompt, computed by its first forward (causal Wan)."""
         split = (-1, self.head_dim)
-        kv_source = x if context is None else context
         query = self.norm_q(self.to_q(x)).unflatten(-1, split)  # (B, L, H, hd)
-        key = self.norm_k(self.to_k(kv_source)).unflatten(-1, split)  # (B, T, H, hd)
-        value = self.to_v(kv_source).unflatten(-1, split)
+        if context is not None and context_kv is not None:
+            key, value = context_kv.get(lambda: self._key_value(context))
+        else:
+            key, value = self._key_value(x if context is None else context)  # (B, T, H, hd)
         if freqs_cis is not None:
             query, key = apply_qk_norm_rope(query, key, None, None, *freqs_cis)  # normed above, across heads
 
         if context is None:
-            out = attention(query, key, value, attn_mask)  # the keys are every SP rank's video tokens
+            out = attention(query, key, value, attn_mask, kv_cache)  # the keys are every SP rank's video tokens
         else:
             out = cross_attention(query, key, value)  # the text is whole on every rank
         out = out.flatten(2).type_as(query)  # (B, L, D)
@@ -223,6 +230,11 @@ class WanAttention(nn.Module):
             image_value = self.add_v_proj(image_context).unflatten(-1, split)
             out = out + cross_attention(query, image_key, image_value).flatten(2).type_as(query)
         return self.to_out[0](out)
+
+    def _key_value(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normed keys and values of source (B, T, D), each (B, T, H, hd)."""
+        split = (-1, self.head_dim)
+        return self.norm_k(self.to_k(source)).unflatten(-1, split), self.to_v(source).unflatten(-1, split)
 
 
 class WanFeedForward(nn.Module):
@@ -270,16 +282,19 @@ class WanTransformerBlock(nn.Module):
         timestep_proj: torch.Tensor,
         freqs_cis: FreqsCis,
         attn_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        context_kv: ContextKV | None = None,
     ) -> torch.Tensor:
         """x: video tokens (B, L, D); context: text tokens (B, T, D); timestep_proj: (B, S, 6, D), S = 1 or L;
-        attn_mask: (B, L) self-attention key mask, or None."""
+        attn_mask: (B, L) self-attention key mask, or None; kv_cache, context_kv: as in `WanAttention`."""
         shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = self.modulation(timestep_proj)
 
-        attn_out = self.attn1(self.modulated_input(x, shift_msa, scale_msa), freqs_cis=freqs_cis, attn_mask=attn_mask)
+        attn_in = self.modulated_input(x, shift_msa, scale_msa)
+        attn_out = self.attn1(attn_in, freqs_cis=freqs_cis, attn_mask=attn_mask, kv_cache=kv_cache)
         x = gated_residual(x, gate_msa, attn_out)
 
         x_norm = self.norm2(x.float()).type_as(x)
-        x = x + self.attn2(x_norm, context=context, image_context=image_context)
+        x = x + self.attn2(x_norm, context=context, image_context=image_context, context_kv=context_kv)
 
         ff_out = self.ffn(fp32_modulate(self.norm3, x, c_shift, c_scale))
         return gated_residual(x, c_gate, ff_out)

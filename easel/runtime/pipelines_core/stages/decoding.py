@@ -1,7 +1,10 @@
 """`DecodingStage`: latents to pixels through the VAE, shared by every model."""
 
+import dataclasses
+
 import torch
 
+from easel.errors import InvalidInputError
 from easel.runtime.distributed.parallel_vae import decode
 from easel.runtime.pipelines_core.schedule_batch import Req
 from easel.runtime.pipelines_core.stages.base import PipelineStage
@@ -50,8 +53,51 @@ class DecodingStage(PipelineStage):
         vae_param = next(self.vae.parameters())
         return latents.to(vae_param.device, vae_param.dtype)
 
+    def block_decoder(self, batch: Req, server_args: ServerArgs) -> "BlockDecoder":
+        """A decoder of the request's latent frames a block at a time, in order (streaming a block-causal video)."""
+        return BlockDecoder(self, batch, server_args)
+
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         image = decode(self.vae, latents)
         if image.dim() == 5 and image.shape[2] == 1:  # a video VAE decoding a still image: drop the frame axis
             image = image[:, :, 0]
-        return (image.float() / 2 + 0.5).clamp(0, 1)  # (B, C, H, W)
+        return to_unit_range(image)  # (B, C, H, W)
+
+
+def to_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """The VAE's pixels in [-1, 1] mapped to [0, 1]."""
+    return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+class BlockDecoder:
+    """Decodes a video's latent frames block after block, so that the blocks' frames joined are the whole video's.
+
+    Wan's VAE is causal in time: it decodes a latent frame at a time, carrying a feature cache of the frames before.
+    This decoder carries its own such cache from block to block (the VAE may decode other requests in between),
+    which is what `AutoencoderKLWan.decode` does within one call. A block is small, so it is never tiled.
+    """
+
+    def __init__(self, stage: DecodingStage, batch: Req, server_args: ServerArgs):
+        vae = stage.vae
+        conv_counts = getattr(vae, "_cached_conv_counts", None)  # AutoencoderKLWan's causal convolutions
+        if conv_counts is None or getattr(vae.config, "patch_size", None) is not None:
+            raise InvalidInputError(f"{type(vae).__name__} cannot decode a video block by block; use generate")
+        self.stage, self.batch, self.server_args = stage, batch, server_args
+        self.feature_cache: list = [None] * conv_counts["decoder"]
+        self.frames_done = 0  # the video frames decoded so far
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The next block's frames: latents (B, C, f, h, w) -> pixels (B, 3, frames, H, W) in [0, 1]."""
+        vae = self.stage.vae
+        z = self.stage._vae_input(dataclasses.replace(self.batch, latents=latents), self.server_args)
+        x = vae.post_quant_conv(z)  # a 1x1x1 convolution: frame by frame
+        frames = []
+        for i in range(x.shape[2]):
+            # feat_idx counts the decoder's causal convolutions through one frame; the first frame of the video
+            # (first_chunk) is decoded to one frame, each later one to the VAE's temporal compression.
+            frame = x[:, :, i : i + 1]
+            first_chunk = self.frames_done == 0 and i == 0
+            frames.append(vae.decoder(frame, feat_cache=self.feature_cache, feat_idx=[0], first_chunk=first_chunk))
+        pixels = torch.cat(frames, dim=2)
+        self.frames_done += pixels.shape[2]
+        return to_unit_range(pixels.clamp(-1, 1))
