@@ -7,6 +7,7 @@ import io
 import time
 
 import httpx
+import imageio.v3 as iio
 import openai
 import pytest
 from PIL import Image
@@ -241,3 +242,36 @@ def test_bad_video_requests(video_server):
 
 def _steps(steps: int) -> dict:
     return {"num_inference_steps": steps}
+
+
+@pytest.fixture(scope="module")
+def causal_server(tiny_pipeline):
+    server = ServerProcess(tiny_pipeline("wan-causal"))
+    yield server
+    server.stop()
+
+
+def test_block_causal_video_job_serves_the_frames_made_so_far(causal_server):
+    """Self-forcing Wan makes its video a block of frames at a time: while it runs, the job says how many frames
+    exist and its content route serves them as a playable MP4."""
+    client, url = causal_server.client(), causal_server.url
+    # 40 blocks of 3 latent frames (the first gives 9 frames, each later one 12): long enough to be seen part-way.
+    total = 9 + 12 * 39
+    video = client.videos.create(prompt="a long pan", size="32x32", extra_body={"num_frames": total})
+    partial = None
+    while partial is None:
+        job = httpx.get(f"{url}/v1/videos/{video.id}").json()
+        if job["status"] in ("completed", "failed"):
+            break
+        if job["status"] == "in_progress" and job["frames_ready"]:
+            response = httpx.get(f"{url}/v1/videos/{video.id}/content")
+            if int(response.headers["x-easel-frames-ready"]) < total:
+                partial = (int(response.headers["x-easel-frames-ready"]), response.content)
+        time.sleep(0.02)
+    assert partial is not None, "the job was never seen with part of its frames"
+    frames, mp4 = partial
+    assert frames % 12 == 9 and iio.imread(mp4, extension=".mp4").shape == (frames, 32, 32, 3)
+    done = _wait_video(client, video.id)
+    assert done.status == "completed" and done.model_extra["frames_ready"] == total
+    final = client.videos.download_content(video.id).content
+    assert iio.imread(final, extension=".mp4").shape == (total, 32, 32, 3)

@@ -23,6 +23,7 @@ from easel.runtime.entrypoints.openai.messages import (
     Cancel,
     Done,
     Failed,
+    FramesReady,
     LoadFailed,
     LoRAJob,
     LoRAsDone,
@@ -58,6 +59,7 @@ class Job:
     future: asyncio.Future
     on_progress: Callable[[float], None] | None
     on_preview: Callable[[int, bytes], None] | None = None
+    on_frames: Callable[[int], None] | None = None
     admitted_at: float = dataclasses.field(default_factory=time.perf_counter)
     started_at: float | None = None
 
@@ -151,10 +153,12 @@ class EngineClient:
         spec: WorkerJob | LoRAJob,
         on_progress: Callable[[float], None] | None = None,
         on_preview: Callable[[int, bytes], None] | None = None,
+        on_frames: Callable[[int], None] | None = None,
     ) -> asyncio.Future:
         """Admits a job (or raises 503 while the worker is not ready, 429 when the queue is full); the future gives
         its `Done` (`LoRAsDone` for a LoRA job), or raises the APIError it failed with. `on_progress` hears 0 when
-        it starts, then each step's fraction of the denoising; `on_preview(index, image)` each partial image."""
+        it starts, then each step's fraction of the denoising; `on_preview(index, image)` each partial image;
+        `on_frames(n)` each time a block-causal video job's MP4 holds more frames (n so far)."""
         if not self.ready:
             raise APIError(503, f"the worker is {self.state.value}: retry shortly", "server_error", code="unavailable")
         if len(self._running) >= self.limits.max_size and len(self._waiting) >= self.max_queued:
@@ -165,7 +169,7 @@ class EngineClient:
                 "rate_limit_error",
                 code="queue_full",
             )
-        job = Job(spec, self._loop.create_future(), on_progress, on_preview)
+        job = Job(spec, self._loop.create_future(), on_progress, on_preview, on_frames)
         self._waiting.append(job)
         self._dispatch()
         return job.future
@@ -240,6 +244,10 @@ class EngineClient:
                 job = self._running.get(job_id)
                 if job is not None and job.on_preview is not None:
                     job.on_preview(index, image)
+            case FramesReady(job_id, frames):
+                job = self._running.get(job_id)
+                if job is not None and job.on_frames is not None:
+                    job.on_frames(frames)
             case Done() | LoRAsDone() | Failed():
                 self._finish(message)
 

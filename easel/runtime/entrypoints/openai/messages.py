@@ -112,6 +112,15 @@ class Preview:
 
 
 @dataclasses.dataclass
+class FramesReady:
+    """A running video job of a block-causal model finished another block: the MP4 at its `video_path` now holds its
+    first `frames` frames."""
+
+    job_id: str
+    frames: int
+
+
+@dataclasses.dataclass
 class Done:
     """A finished job: its encoded images (or the MP4 written at `video_path`), their size, seconds per stage, what
     the step cache did (`GenerationResult.cache`), and the quality check's `QualityReport.to_dict()` if one ran."""

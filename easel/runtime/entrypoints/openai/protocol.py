@@ -271,6 +271,8 @@ class VideoObject(BaseModel):
     size: str
     error: VideoError | None = None
     easel: EaselReport | None = None  # once completed
+    # Easel's: the frames the content route serves while a block-causal model makes the video (None for others).
+    frames_ready: int | None = None
 
 
 class VideoList(BaseModel):

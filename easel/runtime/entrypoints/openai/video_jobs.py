@@ -31,12 +31,22 @@ class VideoJob:
     completed_at: int | None = None
     error: VideoError | None = None
     easel: EaselReport | None = None  # once completed: what the step cache did, the quality check
+    frames_ready: int | None = None  # a block-causal model's: the frames its MP4 holds so far
     deleted: bool = False  # deleted while running: an MP4 it still writes goes too
 
     def on_progress(self, fraction: float) -> None:
         """The engine's report: started (0), or this fraction of the denoising done."""
         self.status = "in_progress"
         self.progress = min(99, int(100 * fraction))  # 100 only once the MP4 is written
+
+    def on_frames(self, frames: int) -> None:
+        """The engine's report: the MP4 at `path` now holds this many frames (a block-causal model's job)."""
+        self.frames_ready = frames
+
+    @property
+    def has_content(self) -> bool:
+        """Whether there is an MP4 to serve: the finished video, or the frames made so far."""
+        return self.status == "completed" or (self.status == "in_progress" and bool(self.frames_ready))
 
     def delete(self) -> None:
         """Removes the MP4, now or, for a job still running, once it ends."""
@@ -52,10 +62,13 @@ class VideoJob:
             done: Done = outcome.result()
             self.status, self.progress = "completed", 100
             self.size, self.num_frames = f"{done.width}x{done.height}", done.num_frames
+            if self.frames_ready is not None:
+                self.frames_ready = done.num_frames
             self.easel = EaselReport(cache=done.cache, quality=done.quality)
         else:
             error = error if isinstance(error, APIError) else APIError(500, str(error), "server_error")
             self.status, self.error = "failed", VideoError(code=error.code or error.type, message=error.message)
+            self.path.unlink(missing_ok=True)  # the frames a block-causal model had made so far
         self.completed_at = int(time.time())
 
     def to_object(self) -> VideoObject:
@@ -71,6 +84,7 @@ class VideoJob:
             size=self.size,
             error=self.error,
             easel=self.easel,
+            frames_ready=self.frames_ready,
         )
 
 

@@ -49,7 +49,7 @@ async def create_video(request: Request) -> VideoObject:
         params["fps"],
         Path(spec.video_path),
     )
-    state.engine.submit(spec, on_progress=job.on_progress).add_done_callback(job.finish)
+    state.engine.submit(spec, on_progress=job.on_progress, on_frames=job.on_frames).add_done_callback(job.finish)
     state.videos.add(job)
     return job.to_object()
 
@@ -86,9 +86,11 @@ async def video_content(video_id: str, request: Request, variant: str = "video")
     job = get_state(request).videos.get(video_id)
     if variant != "video":
         raise APIError(400, f"variant {variant!r} is not available: Easel keeps the video only", param="variant")
-    if job.status != "completed":
+    if not job.has_content:
         raise APIError(409, f"video {video_id} is {job.status}: its content is there once it is completed")
-    return FileResponse(job.path, media_type="video/mp4", filename=f"{video_id}.mp4")
+    # While a block-causal model makes it, the MP4 holds the frames so far (the header says how many).
+    headers = {} if job.frames_ready is None else {"X-Easel-Frames-Ready": str(job.frames_ready)}
+    return FileResponse(job.path, media_type="video/mp4", filename=f"{video_id}.mp4", headers=headers)
 
 
 @router.post("/videos/{video_id}/cancel")

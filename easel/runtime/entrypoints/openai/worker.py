@@ -22,6 +22,7 @@ from easel.runtime.entrypoints.openai.messages import (
     Cancel,
     Done,
     Failed,
+    FramesReady,
     LoadFailed,
     LoRAJob,
     LoRAsDone,
@@ -205,6 +206,8 @@ def generate_kwargs(generator, job: WorkerJob, send: Callable[[Any], None]) -> d
 
     images = [Image.open(io.BytesIO(data)) for data in job.images]
     kwargs = {"image": images or None, "output_path": job.video_path, **job.params}
+    if job.video_path is not None and generator.makes_frame_blocks:
+        kwargs["block_callback"] = _frames_so_far(job, send)
     if job.partial_images:
         steps = job.params.get("num_inference_steps") or generator.sampling_defaults.num_inference_steps
         sent = []
@@ -216,6 +219,23 @@ def generate_kwargs(generator, job: WorkerJob, send: Callable[[Any], None]) -> d
 
         kwargs.update(preview_every=max(1, steps // (job.partial_images + 1)), preview_callback=on_preview)
     return kwargs
+
+
+def _frames_so_far(job: WorkerJob, send: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A block-causal model's video as far as it is made: after each block the MP4 at the job's path holds every
+    frame so far, rewritten whole and replaced at once, so that whatever the content route serves plays; the front
+    end hears how many frames it holds. The finished video then replaces it as any video model's does."""
+    from easel.runtime.outputs import Mp4Writer, to_pil
+
+    frames: list = []
+
+    def on_block(block) -> None:
+        frames.extend(to_pil(block.pixels)[0])  # a job makes one video
+        with Mp4Writer(Path(job.video_path), job.params["fps"]) as writer:
+            writer.append(frames)
+        send(FramesReady(job.id, len(frames)))
+
+    return on_block
 
 
 def check_fault(job: WorkerJob, step: int) -> None:
