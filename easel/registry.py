@@ -229,13 +229,15 @@ register_configs(
     sampling_param_cls=FastWanSamplingParams,
     pipeline_config_cls=WanDMDPipelineConfig,
     hf_model_paths=["FastVideo/FastWan2.1-T2V-1.3B-Diffusers"],
-    model_detectors=[lambda index: index["_class_name"] == "WanDMDPipeline"],
+    model_detectors=[lambda index: index["_class_name"] == "WanDMDPipeline" and not index.get("expand_timesteps")],
 )
 register_configs(
     model_family="fastwan2.2-ti2v",
     sampling_param_cls=FastWan22SamplingParams,
     pipeline_config_cls=FastWan22PipelineConfig,
     hf_model_paths=["FastVideo/FastWan2.2-TI2V-5B-Diffusers", "FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers"],
+    # Wan2.2-TI2V's model_index sets expand_timesteps (one timestep per token), as a folder converted from it would.
+    model_detectors=[lambda index: index["_class_name"] == "WanDMDPipeline" and bool(index.get("expand_timesteps"))],
 )
 register_configs(
     model_family="wan-causal",

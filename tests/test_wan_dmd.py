@@ -18,6 +18,7 @@ import torch
 from easel import DiffGenerator
 from easel.cli.main import main
 from easel.errors import InvalidInputError
+from easel.registry import resolve_model_family
 from easel.runtime.distributed import ParallelLayout, init_distributed
 from easel.runtime.distributed.cfg_parallel import run_passes
 from easel.runtime.distributed.launch import run_on_ranks
@@ -296,3 +297,38 @@ def test_generate_hands_each_block_to_its_callback(causal):
     whole = causal.generate(**VIDEO, output_type="np", block_callback=blocks.append).frames
     assert [block.first_frame for block in blocks] == [0, 9, 21]
     assert np.abs(np.concatenate([block.frames for block in blocks], axis=1) - whole).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("folder_name", "index", "family"),
+    [
+        ("FastWan2.1-T2V-1.3B-Diffusers", {"_class_name": "WanDMDPipeline"}, "fastwan"),
+        ("FastWan2.2-TI2V-5B-FullAttn-Diffusers", {"_class_name": "WanDMDPipeline"}, "fastwan2.2-ti2v"),
+        ("my-fastwan", {"_class_name": "WanDMDPipeline"}, "fastwan"),
+        ("my-fastwan-5b", {"_class_name": "WanDMDPipeline", "expand_timesteps": True}, "fastwan2.2-ti2v"),
+        ("my-self-forcing", {"_class_name": "WanCausalDMDPipeline"}, "wan-causal"),
+    ],
+)
+def test_families_resolve_by_folder_name_and_model_index(tmp_path, folder_name, index, family):
+    assert resolve_model_family(tmp_path / folder_name, index).name == family
+
+
+@pytest.mark.parametrize(
+    ("hf_id", "family"),
+    [
+        ("FastVideo/FastWan2.1-T2V-1.3B-Diffusers", "fastwan"),
+        ("FastVideo/FastWan2.2-TI2V-5B-Diffusers", "fastwan2.2-ti2v"),
+        ("wlsaidhi/SFWan2.1-T2V-1.3B-Diffusers", "wan-causal"),
+    ],
+)
+def test_families_resolve_by_hf_id(tmp_path, hf_id, family):
+    assert resolve_model_family(tmp_path / "snapshot", {"_class_name": "WanDMDPipeline"}, hf_id).name == family
+
+
+def test_guidance_and_step_count_do_not_apply(fastwan, caplog):
+    plain = fastwan.generate(**VIDEO, output_type="latent").images
+    guided = fastwan.generate(**VIDEO, output_type="latent", guidance_scale=5.0, num_inference_steps=30).images
+    assert torch.equal(plain, guided)
+    assert (
+        "this DMD model runs its fixed 3 steps [1000, 757, 522]: num_inference_steps 30 does not apply" in caplog.text
+    )
