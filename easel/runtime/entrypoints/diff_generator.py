@@ -190,11 +190,11 @@ class DiffGenerator:
                 with torch.inference_mode():
                     run.advance(run_passes(run.predict, run.passes()))
                 for block in blocks:
-                    videos = to_pil(block.pixels)
-                    for writer, video in zip(writers, videos if writers else [], strict=True):
-                        writer.append(video)
-                    for video_so_far, video in zip(held, videos if held else [], strict=True):
-                        video_so_far.extend(video)
+                    for i, video in enumerate(to_pil(block.pixels) if request.paths else []):
+                        if writers:
+                            writers[i].append(video)
+                        else:
+                            held[i].extend(video)
                     yield dataclasses.replace(block, paths=request.paths)
                 blocks.clear()
         if held:
