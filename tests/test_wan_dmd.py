@@ -332,3 +332,14 @@ def test_guidance_and_step_count_do_not_apply(fastwan, caplog):
     assert (
         "this DMD model runs its fixed 3 steps [1000, 757, 522]: num_inference_steps 30 does not apply" in caplog.text
     )
+
+
+def test_an_independent_first_frame_is_a_block_of_its_own(causal):
+    causal.server_args.pipeline_config.independent_first_frame = True
+    run = run_easel(causal, num_frames=25)  # 7 latent frames: the first alone, then 2 blocks of 3
+    blocks, tokens_per_frame = [(0, 1), (1, 3), (4, 3)], 6
+    with torch.no_grad():
+        expected = causal_reference(transformer(causal), fork(run), blocks, tokens_per_frame)
+        as_threes = causal_reference(transformer(causal), fork(run), [(0, 3), (3, 3), (6, 1)], tokens_per_frame)
+    assert max_diff(run.latents, expected) <= TOLERANCE
+    assert max_diff(run.latents, as_threes) >= 10 * TOLERANCE
