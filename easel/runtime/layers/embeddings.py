@@ -24,10 +24,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000, sca
 class MLPEmbedder(nn.Module):
     """linear_1 -> SiLU -> linear_2, as Diffusers' TimestepEmbedding and PixArtAlphaTextProjection."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None, bias: bool = True):
         super().__init__()
-        self.linear_1 = nn.Linear(in_dim, hidden_dim)
-        self.linear_2 = nn.Linear(hidden_dim, out_dim or hidden_dim)
+        self.linear_1 = nn.Linear(in_dim, hidden_dim, bias=bias)
+        self.linear_2 = nn.Linear(hidden_dim, out_dim or hidden_dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.silu(self.linear_1(x)))

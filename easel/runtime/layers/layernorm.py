@@ -130,9 +130,9 @@ def apply_qk_norm_rope(
 class AdaLNContinuous(nn.Module):
     """adaLN without gates: a LayerNorm modulated by the conditioning (the DiTs' final layer)."""
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = True):
         super().__init__()
-        self.linear = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, 2 * dim, bias=bias)
         self.norm = LayerNormScaleShift(dim, eps=eps)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -46,10 +46,14 @@ def _shard_dim(full: torch.Tensor, dim: int, segments: tuple[int, ...]) -> torch
 
 
 class ColumnParallelLinear(nn.Linear):
-    """Shards the output features (rows of `weight`) across TP ranks; each rank outputs its own features."""
+    """Shards the output features (rows of `weight`) across TP ranks; each rank outputs its own features.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        self.segments = _split_width(out_features, None, "output")
+    segments: widths of output blocks sharded each on its own (FLUX.2's fused [q | k | v | MLP gate | MLP up]), so
+    that a rank's output holds its part of every block, in order; default one block.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, segments: Sequence[int] | None = None):
+        self.segments = _split_width(out_features, segments, "output")
         super().__init__(in_features, out_features // get_tp_world_size(), bias)
         self.full_features = (in_features, out_features)
 

@@ -104,26 +104,26 @@ class AdaLNZero(nn.Module):
 class JointAttention(nn.Module):
     """Attention over text + image tokens with qk-norm and rotary embeddings; separate weights per stream."""
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int, with_context_stream: bool):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, with_context_stream: bool, bias: bool = True):
         super().__init__()
         self.head_dim = head_dim
         inner_dim = num_heads * head_dim
         # Registration order follows Diffusers' so state-dict keys come out in the same order.
         self.norm_q = RMSNorm(head_dim, eps=1e-6)
         self.norm_k = RMSNorm(head_dim, eps=1e-6)
-        self.to_q = ColumnParallelLinear(dim, inner_dim)
-        self.to_k = ColumnParallelLinear(dim, inner_dim)
-        self.to_v = ColumnParallelLinear(dim, inner_dim)
+        self.to_q = ColumnParallelLinear(dim, inner_dim, bias)
+        self.to_k = ColumnParallelLinear(dim, inner_dim, bias)
+        self.to_v = ColumnParallelLinear(dim, inner_dim, bias)
         if with_context_stream:
             # A list so the key is `to_out.0`, as in Diffusers' checkpoints (its index 1 is a no-op dropout).
-            self.to_out = nn.ModuleList([RowParallelLinear(inner_dim, dim)])
+            self.to_out = nn.ModuleList([RowParallelLinear(inner_dim, dim, bias)])
             # Double-stream blocks: the text tokens get their own projections, norms and output layer.
             self.norm_added_q = RMSNorm(head_dim, eps=1e-6)
             self.norm_added_k = RMSNorm(head_dim, eps=1e-6)
-            self.add_q_proj = ColumnParallelLinear(dim, inner_dim)
-            self.add_k_proj = ColumnParallelLinear(dim, inner_dim)
-            self.add_v_proj = ColumnParallelLinear(dim, inner_dim)
-            self.to_add_out = RowParallelLinear(inner_dim, dim)
+            self.add_q_proj = ColumnParallelLinear(dim, inner_dim, bias)
+            self.add_k_proj = ColumnParallelLinear(dim, inner_dim, bias)
+            self.add_v_proj = ColumnParallelLinear(dim, inner_dim, bias)
+            self.to_add_out = RowParallelLinear(inner_dim, dim, bias)
 
     def forward(
         self,
