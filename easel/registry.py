@@ -14,6 +14,7 @@ from typing import Any
 
 from easel.configs.pipeline_configs.base import PipelineConfig
 from easel.configs.pipeline_configs.flux import FluxKontextPipelineConfig, FluxPipelineConfig
+from easel.configs.pipeline_configs.flux2 import Flux2KleinPipelineConfig, Flux2PipelineConfig
 from easel.configs.pipeline_configs.qwen_image import (
     QwenImageEditPipelineConfig,
     QwenImageEditPlusPipelineConfig,
@@ -30,6 +31,7 @@ from easel.configs.pipeline_configs.wan_dmd import (
 from easel.configs.pipeline_configs.z_image import ZImagePipelineConfig
 from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
+from easel.configs.sample.flux2 import Flux2KleinBaseSamplingParams, Flux2KleinSamplingParams, Flux2SamplingParams
 from easel.configs.sample.qwen_image import QwenImageEditSamplingParams, QwenImageSamplingParams
 from easel.configs.sample.qwen_image_layered import QwenImageLayeredSamplingParams
 from easel.configs.sample.sd3 import SD3SamplingParams
@@ -245,4 +247,25 @@ register_configs(
     pipeline_config_cls=WanCausalDMDPipelineConfig,
     hf_model_paths=["wlsaidhi/SFWan2.1-T2V-1.3B-Diffusers"],
     model_detectors=[lambda index: index["_class_name"] == "WanCausalDMDPipeline"],
+)
+register_configs(
+    model_family="flux2",
+    sampling_param_cls=Flux2SamplingParams,
+    pipeline_config_cls=Flux2PipelineConfig,
+    hf_model_paths=["black-forest-labs/FLUX.2-dev"],
+    model_detectors=[lambda index: index["_class_name"] == "Flux2Pipeline"],
+)
+register_configs(
+    model_family="flux2-klein",
+    sampling_param_cls=Flux2KleinSamplingParams,
+    pipeline_config_cls=Flux2KleinPipelineConfig,
+    hf_model_paths=["black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-9B"],
+    model_detectors=[lambda index: index["_class_name"] == "Flux2KleinPipeline" and bool(index.get("is_distilled"))],
+)
+register_configs(
+    model_family="flux2-klein-base",
+    sampling_param_cls=Flux2KleinBaseSamplingParams,
+    pipeline_config_cls=Flux2KleinPipelineConfig,
+    hf_model_paths=["black-forest-labs/FLUX.2-klein-base-4B", "black-forest-labs/FLUX.2-klein-base-9B"],
+    model_detectors=[lambda index: index["_class_name"] == "Flux2KleinPipeline" and not index.get("is_distilled")],
 )

@@ -12,6 +12,7 @@ from easel.testing.flux import (
     TINY_FLUX_VAE_CONFIG,
     build_flux_pipeline,
 )
+from easel.testing.flux2 import FLUX2_BUILDERS
 from easel.testing.qwen_image import QWEN_IMAGE_BUILDERS
 from easel.testing.sd3 import SD3_BUILDERS
 from easel.testing.wan import WAN_BUILDERS
@@ -24,6 +25,7 @@ TINY_PIPELINE_BUILDERS: dict[str, PipelineBuilder] = {
     "flux": functools.partial(build_flux_pipeline, variant="dev"),
     "flux-schnell": functools.partial(build_flux_pipeline, variant="schnell"),
     "flux-kontext": functools.partial(build_flux_pipeline, variant="kontext"),
+    **FLUX2_BUILDERS,
     **QWEN_IMAGE_BUILDERS,
     **SD3_BUILDERS,
     **WAN_BUILDERS,

@@ -49,7 +49,7 @@ def load_pipeline_modules(
     if "transformer" in modules:
         config.dit_config = modules["transformer"].config
     if "vae" in modules:
-        config.vae_config = type(config.vae_config).from_dict(dict(modules["vae"].config))
+        config.vae_config = type(config.vae_config).from_vae(modules["vae"])
         if server_args.vae_tiling:
             modules["vae"].enable_tiling()
         if server_args.vae_slicing:

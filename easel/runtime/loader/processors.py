@@ -44,5 +44,11 @@ def load_qwen_processor(
     return Qwen2VLImageTextProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def load_pixtral_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """The tokenizer of FLUX.2-dev's `tokenizer/` (a `PixtralProcessor`, which needs torchvision): its prompt
+    encoding only renders the chat template and tokenizes, which the tokenizer does alone."""
+    return AutoTokenizer.from_pretrained(path)
+
+
 # Processor class names in model_index.json -> how Easel loads them.
-PROCESSOR_LOADERS = {"Qwen2VLProcessor": load_qwen_processor}
+PROCESSOR_LOADERS = {"Qwen2VLProcessor": load_qwen_processor, "PixtralProcessor": load_pixtral_tokenizer}

@@ -1,6 +1,7 @@
 """The base config of every VAE."""
 
 import dataclasses
+from typing import Any, Self
 
 import torch
 
@@ -15,6 +16,11 @@ class VAEConfig(ModelConfig):
     latent_channels: int = 4
     scaling_factor: float = 1.0
     shift_factor: float | None = None
+
+    @classmethod
+    def from_vae(cls, vae: Any) -> Self:
+        """The config of a loaded VAE: its config.json's fields (a VAE with statistics in its weights reads them)."""
+        return cls.from_dict(dict(vae.config))
 
     def decode_scale_and_shift(self) -> tuple[float | torch.Tensor, float | torch.Tensor | None]:
         """(scale, shift) such that the VAE decodes `latents / scale + shift`."""
