@@ -40,6 +40,9 @@ FAMILIES = {
     "qwen-image": Family(
         diffusers.QwenImagePipeline, {**IMAGE, "negative_prompt": "blurry", "true_cfg_scale": 4.0}, "metadata"
     ),
+    "flux2-klein-base": Family(
+        diffusers.Flux2KleinPipeline, {**IMAGE, "guidance_scale": 4.0, "max_sequence_length": 32}, "metadata"
+    ),
     "wan-t2v": Family(diffusers.WanPipeline, VIDEO, "metadata"),
     "wan2.2-a14b": Family(diffusers.WanPipeline, VIDEO, "metadata"),
 }
@@ -129,12 +132,12 @@ def check_parity(engines, kind: str, adapters: list[Adapter], label: str) -> Non
 
 
 @pytest.mark.parametrize("layout", ["peft", "kohya"])
-@pytest.mark.parametrize("kind", ["flux", "qwen-image", "wan-t2v"])
+@pytest.mark.parametrize("kind", ["flux", "flux2-klein-base", "qwen-image", "wan-t2v"])
 def test_one_adapter_matches_diffusers(engines, lora_file, kind, layout):
     check_parity(engines, kind, [Adapter(lora_file(kind, layout), "one", 0.8)], layout)
 
 
-@pytest.mark.parametrize("kind", ["flux", "qwen-image", "wan-t2v"])
+@pytest.mark.parametrize("kind", ["flux", "flux2-klein-base", "qwen-image", "wan-t2v"])
 def test_two_adapters_match_set_adapters(engines, lora_file, kind):
     adapters = [
         Adapter(lora_file(kind, "peft", seed=2, alphas="none", text_encoder=False), "peft", 0.7),

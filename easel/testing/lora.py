@@ -48,6 +48,24 @@ def flux_kohya_names(transformer: nn.Module) -> dict[str, list[str]]:
     return names
 
 
+def flux2_kohya_names(transformer: nn.Module) -> dict[str, list[str]]:
+    """BFL's FLUX.2 names, flattened as kohya-style trainers write them -> Diffusers layers (qkv fused per stream)."""
+    streams = {"img": ("to_{}", "to_out.0", "ff"), "txt": ("add_{}_proj", "to_add_out", "ff_context")}
+    names = {}
+    for i in range(len(transformer.transformer_blocks)):
+        block = f"transformer_blocks.{i}"
+        for stream, (qkv, proj, ff) in streams.items():
+            prefix = f"lora_unet_double_blocks_{i}_{stream}"
+            names[f"{prefix}_attn_qkv"] = [f"{block}.attn.{qkv.format(x)}" for x in "qkv"]
+            names[f"{prefix}_attn_proj"] = [f"{block}.attn.{proj}"]
+            names[f"{prefix}_mlp_0"] = [f"{block}.{ff}.linear_in"]
+            names[f"{prefix}_mlp_2"] = [f"{block}.{ff}.linear_out"]
+    for i in range(len(transformer.single_transformer_blocks)):
+        names[f"lora_unet_single_blocks_{i}_linear1"] = [f"single_transformer_blocks.{i}.attn.to_qkv_mlp_proj"]
+        names[f"lora_unet_single_blocks_{i}_linear2"] = [f"single_transformer_blocks.{i}.attn.to_out"]
+    return names
+
+
 def wan_kohya_names(transformer: nn.Module) -> dict[str, list[str]]:
     """musubi-tuner's names (Wan's original code, flattened) -> Diffusers layers; it writes every block's layers."""
     names = {}
@@ -68,6 +86,7 @@ def qwen_image_kohya_names(transformer: nn.Module) -> dict[str, list[str]]:
 
 KOHYA_NAMES = {
     "FluxTransformer2DModel": flux_kohya_names,
+    "Flux2Transformer2DModel": flux2_kohya_names,
     "WanTransformer3DModel": wan_kohya_names,
     "QwenImageTransformer2DModel": qwen_image_kohya_names,
 }
