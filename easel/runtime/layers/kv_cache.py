@@ -26,22 +26,33 @@ class KVCache:
     value: torch.Tensor | None = None
     # Set by the caller: this forward's keys and values join the cache once they have been attended to.
     record: bool = False
+    # False: the forward attends to its own keys only, the cache aside (GLM-Image records each condition image alone).
+    read: bool = True
 
     @property
     def tokens(self) -> int:
         return 0 if self.key is None else self.key.shape[1]
 
     def extend(self, key: torch.Tensor, value: torch.Tensor) -> KeyValue:
-        """The keys and values a forward's queries attend to: the cached ones within the window, then its own
-        (B, L, H, D); recorded into the cache when `record` is set."""
-        if self.key is not None:
+        """The keys and values a forward's queries attend to: the cached ones within the window (unless `read` is
+        off), then its own (B, L, H, D); with `record`, the cache then holds the latest `window` of both."""
+        # One cached sample serves every row of the forward (the outputs of one prompt).
+        cached = None if self.key is None else [t.expand(key.shape[0], -1, -1, -1) for t in (self.key, self.value)]
+        attended = key, value
+        if cached is not None and self.read:
             keep = self.tokens if self.window is None else max(0, min(self.tokens, self.window - key.shape[1]))
-            key = torch.cat([self.key[:, self.tokens - keep :], key], dim=1)
-            value = torch.cat([self.value[:, self.tokens - keep :], value], dim=1)
+            attended = tuple(
+                torch.cat([c[:, self.tokens - keep :], own], dim=1) for c, own in zip(cached, attended, strict=True)
+            )
         if self.record:
-            start = 0 if self.window is None else max(0, key.shape[1] - self.window)
-            self.key, self.value = key[:, start:], value[:, start:]
-        return key, value
+            joined = (
+                (key, value)
+                if cached is None
+                else [torch.cat(pair, dim=1) for pair in zip(cached, (key, value), strict=True)]
+            )
+            start = 0 if self.window is None else max(0, joined[0].shape[1] - self.window)
+            self.key, self.value = (t[:, start:] for t in joined)
+        return attended
 
 
 @dataclasses.dataclass

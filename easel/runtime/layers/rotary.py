@@ -68,6 +68,22 @@ def rotate_qk(
     return rotate(query), None if key is None else rotate(key)
 
 
+def rotate_half_qk(
+    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary embedding in the half-split layout, where channel i pairs with channel i + D/2 (GLM-Image, CogView4)
+    rather than with its neighbour as in `rotate_qk`: query and key (B, L, H, D), cos/sin (L, D), each angle in both
+    halves."""
+    cos, sin = (t[None, :, None, :] for t in (cos, sin))  # broadcast over batch and heads
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        first, second = x.chunk(2, dim=-1)
+        rotated = torch.cat([-second, first], dim=-1)
+        return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+    return rotate(query), rotate(key)
+
+
 def split_rope(
     freqs_cis: tuple[torch.Tensor, torch.Tensor], first: int
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
