@@ -15,6 +15,7 @@ from typing import Any
 from easel.configs.pipeline_configs.base import PipelineConfig
 from easel.configs.pipeline_configs.flux import FluxKontextPipelineConfig, FluxPipelineConfig
 from easel.configs.pipeline_configs.flux2 import Flux2KleinPipelineConfig, Flux2PipelineConfig
+from easel.configs.pipeline_configs.glm_image import GlmImagePipelineConfig
 from easel.configs.pipeline_configs.qwen_image import (
     QwenImageEditPipelineConfig,
     QwenImageEditPlusPipelineConfig,
@@ -32,6 +33,7 @@ from easel.configs.pipeline_configs.z_image import ZImagePipelineConfig
 from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
 from easel.configs.sample.flux2 import Flux2KleinBaseSamplingParams, Flux2KleinSamplingParams, Flux2SamplingParams
+from easel.configs.sample.glm_image import GlmImageSamplingParams
 from easel.configs.sample.qwen_image import QwenImageEditSamplingParams, QwenImageSamplingParams
 from easel.configs.sample.qwen_image_layered import QwenImageLayeredSamplingParams
 from easel.configs.sample.sd3 import SD3SamplingParams
@@ -268,4 +270,11 @@ register_configs(
     pipeline_config_cls=Flux2KleinPipelineConfig,
     hf_model_paths=["black-forest-labs/FLUX.2-klein-base-4B", "black-forest-labs/FLUX.2-klein-base-9B"],
     model_detectors=[lambda index: index["_class_name"] == "Flux2KleinPipeline" and not index.get("is_distilled")],
+)
+register_configs(
+    model_family="glm-image",
+    sampling_param_cls=GlmImageSamplingParams,
+    pipeline_config_cls=GlmImagePipelineConfig,
+    hf_model_paths=["zai-org/GLM-Image"],
+    model_detectors=[lambda index: index["_class_name"] == "GlmImagePipeline"],
 )

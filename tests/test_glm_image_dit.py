@@ -54,7 +54,7 @@ def _inputs(seed: int = 1, height: int = HEIGHT, width: int = WIDTH, text_len: i
 
 def _ours(model, inputs, kv_caches=None):
     height, width = inputs["hidden_states"].shape[-2:]
-    return model(**inputs, freqs_cis=model.rope(height, width), kv_caches=kv_caches)
+    return model(**inputs, freqs_cis=model.rotary_emb(height, width), kv_caches=kv_caches)
 
 
 def test_state_dict_keys_match_diffusers() -> None:
@@ -117,5 +117,7 @@ def test_condition_images_through_the_kv_cache_match_diffusers() -> None:
 def test_rotary_embedding_matches_diffusers() -> None:
     _, ours = _models()
     reference = DiffusersGlmImage(**TINY_CONFIG).rope
-    for actual, expected in zip(ours.rope(HEIGHT, WIDTH), reference(torch.zeros(1, 4, HEIGHT, WIDTH)), strict=True):
+    for actual, expected in zip(
+        ours.rotary_emb(HEIGHT, WIDTH), reference(torch.zeros(1, 4, HEIGHT, WIDTH)), strict=True
+    ):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)

@@ -41,7 +41,7 @@ class GlmImageCase(ParallelDiTCase):
 
     def forward(self, model, inputs: dict) -> torch.Tensor:
         height, width = inputs["hidden_states"].shape[-2:]
-        return model(**inputs, freqs_cis=model.rope(height, width))
+        return model(**inputs, freqs_cis=model.rotary_emb(height, width))
 
 
 class TestGlmImageParallel(ParallelDiTMixin):

@@ -13,6 +13,7 @@ from easel.testing.flux import (
     build_flux_pipeline,
 )
 from easel.testing.flux2 import FLUX2_BUILDERS
+from easel.testing.glm_image import GLM_IMAGE_BUILDERS
 from easel.testing.qwen_image import QWEN_IMAGE_BUILDERS
 from easel.testing.sd3 import SD3_BUILDERS
 from easel.testing.wan import WAN_BUILDERS
@@ -26,6 +27,7 @@ TINY_PIPELINE_BUILDERS: dict[str, PipelineBuilder] = {
     "flux-schnell": functools.partial(build_flux_pipeline, variant="schnell"),
     "flux-kontext": functools.partial(build_flux_pipeline, variant="kontext"),
     **FLUX2_BUILDERS,
+    **GLM_IMAGE_BUILDERS,
     **QWEN_IMAGE_BUILDERS,
     **SD3_BUILDERS,
     **WAN_BUILDERS,

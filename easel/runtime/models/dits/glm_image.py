@@ -233,7 +233,7 @@ class GlmImageTransformer2DModel(BlockStackDiT):
         dim = heads * head_dim
         out_channels = config.out_channels or config.in_channels
         # Parameter-free: the pipeline calls it once per request and passes (cos, sin) to every step.
-        self.rope = GlmImageRotaryEmbedding(head_dim, p)
+        self.rotary_emb = GlmImageRotaryEmbedding(head_dim, p)
         self.image_projector = _PatchProjector(config.in_channels * p * p, dim)
         self.glyph_projector = FeedForward(config.text_embed_dim, dim, F.gelu, out_dim=dim)
         self.prior_token_embedding = nn.Embedding(config.prior_vq_quantizer_codebook_size, dim)
@@ -269,7 +269,7 @@ class GlmImageTransformer2DModel(BlockStackDiT):
         hidden_states: latents (B, C, H, W); encoder_hidden_states: glyph embeddings (B, T, text_embed_dim), T may
         be 0; prior_token_id: (B, L) prior codes, one per patch; prior_token_drop: (B, L) bool, True where the prior
         is left out (the unconditional pass); timestep: (B,) in [0, 1000]; target_size, crop_coords: (B, 2) pixels;
-        freqs_cis: `self.rope(H, W)`; kv_caches: the request's condition-image caches, with their mode set.
+        freqs_cis: `self.rotary_emb(H, W)`; kv_caches: the request's condition-image caches, with their mode set.
         The model's output is the predicted velocity (B, C, H, W).
         """
         batch, _, height, width = hidden_states.shape
