@@ -2,9 +2,11 @@
 quoted text, the DiT with and without CFG, and image-to-image through the condition images' key/value cache."""
 
 import diffusers
+import pytest
 from PIL import Image
 
 from easel.cli.main import main
+from easel.errors import InvalidInputError
 from easel.testing.glm_image import patch_image_to_image
 from tests.parity import PipelineParityMixin, input_image
 
@@ -29,6 +31,10 @@ class TestGlmImageParity(PipelineParityMixin):
             **STEPS,
         },
     ]
+
+    def test_takes_up_to_four_condition_images(self, pipelines):
+        with pytest.raises(InvalidInputError, match="takes 0 to 4 input image"):
+            pipelines[0].generate("make it red", image=[input_image(64, 64)] * 5, height=64, width=64, **STEPS)
 
     @classmethod
     def load_reference(cls, folder):

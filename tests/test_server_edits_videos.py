@@ -275,3 +275,31 @@ def test_block_causal_video_job_serves_the_frames_made_so_far(causal_server):
     assert done.status == "completed" and done.model_extra["frames_ready"] == total
     final = client.videos.download_content(video.id).content
     assert iio.imread(final, extension=".mp4").shape == (total, 32, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def flux2_server(tiny_pipeline):
+    server = ServerProcess(tiny_pipeline("flux2-klein"))
+    yield server
+    server.stop()
+
+
+def test_flux2_generates_and_edits_with_several_reference_images(flux2_server):
+    """FLUX.2 answers both routes: text-to-image, and multi-reference editing whose size follows the first image."""
+    client = flux2_server.client()
+    steps = {"num_inference_steps": 2, "seed": 3}
+    generated = client.images.generate(prompt="a red circle", size="80x48", extra_body=steps)
+    assert Image.open(io.BytesIO(base64.b64decode(generated.data[0].b64_json))).size == (80, 48)
+    edited = client.images.edit(
+        image=[("wide.png", _png("red", (96, 64)), "image/png"), ("blue.png", _png("blue"), "image/png")],
+        prompt="the red one in the blue one",
+        size="auto",
+        extra_body=steps,
+    )
+    assert Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json))).size == (96, 64)
+    too_small = httpx.post(
+        f"{flux2_server.url}/v1/images/edits",
+        data={"prompt": "x", **{k: str(v) for k, v in steps.items()}},
+        files=[("image", ("tiny.png", _png("red", (32, 32)), "image/png"))],
+    )
+    assert too_small.status_code == 400 and "at least 64 pixels a side" in error_of(too_small)["message"]
