@@ -31,7 +31,6 @@ import json
 import os
 import pathlib
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -71,9 +70,9 @@ from easel.testing.conditioning import (
     QUERY_KEY_NORM_GAIN,
     QUERY_KEY_NORMS,
 )
-from easel.testing.qwen_tokenizer import ENDOFTEXT, _byte_to_unicode
+from easel.testing.qwen_tokenizer import ENDOFTEXT, byte_to_unicode
 from easel.testing.seeding import seeded
-from easel.testing.tokenizers import ENGLISH_WORD_COUNTS
+from easel.testing.tokenizers import ENGLISH_WORD_COUNTS, byte_level_symbols, learn_bpe_merges
 from easel.testing.z_image import TINY_QWEN3_CONFIG, build_qwen3_tokenizer
 
 # The text encoders' width: the transformer reads three of their hidden states side by side.
@@ -268,41 +267,6 @@ BN_LOG_VAR_STD = 0.5
 _COMPONENT_SEED_OFFSETS = {"text_encoder": 0, "transformer": 1, "vae": 2}
 
 
-def _learn_byte_level_merges(word_counts: Mapping[str, int], max_merges: int) -> list[tuple[str, str]]:
-    """Byte-level BPE training over words with their leading space: merge the most frequent adjacent pair.
-
-    Ties are broken by the pair itself, so the result depends on nothing but the input.
-    """
-    alphabet = _byte_to_unicode()
-    words = Counter()
-    for word, count in word_counts.items():
-        words[tuple(alphabet[byte] for byte in (" " + word).encode())] += count
-    merges: list[tuple[str, str]] = []
-    while len(merges) < max_merges:
-        pair_counts: Counter[tuple[str, str]] = Counter()
-        for symbols, count in words.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pair_counts[pair] += count
-        if not pair_counts:
-            break
-        best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
-        merges.append(best)
-        merged_words: Counter[tuple[str, ...]] = Counter()
-        for symbols, count in words.items():
-            merged: list[str] = []
-            index = 0
-            while index < len(symbols):
-                if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == best:
-                    merged.append(symbols[index] + symbols[index + 1])
-                    index += 2
-                else:
-                    merged.append(symbols[index])
-                    index += 1
-            merged_words[tuple(merged)] += count
-        words = merged_words
-    return merges
-
-
 def build_mistral_tokenizer() -> PreTrainedTokenizerFast:
     """A tiny byte-level BPE in the layout of Mistral's Tekken tokenizer, with Mistral Small's chat template.
 
@@ -311,13 +275,13 @@ def build_mistral_tokenizer() -> PreTrainedTokenizerFast:
     """
     specials = list(MISTRAL_NAMED_SPECIAL_TOKENS)
     specials += [f"<SPECIAL_{index}>" for index in range(len(specials), MISTRAL_NUM_SPECIAL_TOKENS)]
-    alphabet = _byte_to_unicode()
+    alphabet = byte_to_unicode()
     vocab = {token: index for index, token in enumerate(specials)}
     vocab.update({alphabet[byte]: MISTRAL_NUM_SPECIAL_TOKENS + byte for byte in range(256)})
     word_counts = dict(ENGLISH_WORD_COUNTS)
     for word in re.findall(r"[A-Za-z]+", SYSTEM_MESSAGE):
         word_counts[word] = word_counts.get(word, 0) + _SYSTEM_MESSAGE_WORD_COUNT
-    merges = _learn_byte_level_merges(word_counts, MISTRAL_MAX_MERGES)
+    merges = learn_bpe_merges(byte_level_symbols(word_counts), MISTRAL_MAX_MERGES)
     for left, right in merges:
         vocab[left + right] = len(vocab)
 

@@ -23,7 +23,6 @@ image-to-image path needs `patch_image_to_image(pipeline)` with transformers 5.2
 import json
 import os
 import pathlib
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,10 +42,10 @@ from transformers.models.glm_image.image_processing_pil_glm_image import GlmImag
 
 from easel.testing.conditioning import CONDITIONING_EMBEDDING_GAIN, MODULATION_GAIN
 from easel.testing.flux import TINY_FLUX_VAE_CONFIG
-from easel.testing.qwen_tokenizer import _byte_to_unicode
+from easel.testing.qwen_tokenizer import byte_to_unicode
 from easel.testing.seeding import seeded
 from easel.testing.text_encoders import TEXT_ENCODER_HIDDEN_SIZE, build_t5_encoder
-from easel.testing.tokenizers import ENGLISH_WORD_COUNTS
+from easel.testing.tokenizers import ENGLISH_WORD_COUNTS, byte_level_symbols, learn_bpe_merges
 
 # --- Token layout -------------------------------------------------------------------------------------------------
 # The real vocabulary (168064 ids) starts with the 16512 vision tokens `<|dit_token_0|>`..: the 16384 VQ codebook
@@ -245,42 +244,12 @@ ENCODER_OUTPUT_GAIN = 10.0
 _COMPONENT_SEED_OFFSETS = {"vision_language_encoder": 0, "text_encoder": 1, "transformer": 2, "vae": 3}
 
 
-def _learn_byte_level_merges(word_counts: Mapping[str, int], max_merges: int) -> list[tuple[str, str]]:
-    """GPT-2-style BPE training over space-prefixed words ("Ġword"): merge the most frequent adjacent pair each
-    round, ties broken by the pair itself, so the result depends on nothing but the input."""
-    words: dict[tuple[str, ...], int] = {("Ġ", *word): count for word, count in word_counts.items()}
-    merges: list[tuple[str, str]] = []
-    while len(merges) < max_merges:
-        pair_counts: Counter[tuple[str, str]] = Counter()
-        for symbols, count in words.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pair_counts[pair] += count
-        if not pair_counts:
-            break
-        best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
-        merges.append(best)
-        merged_words = {}
-        for symbols, count in words.items():
-            out: list[str] = []
-            index = 0
-            while index < len(symbols):
-                if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == best:
-                    out.append(symbols[index] + symbols[index + 1])
-                    index += 2
-                else:
-                    out.append(symbols[index])
-                    index += 1
-            merged_words[tuple(out)] = count
-        words = merged_words
-    return merges
-
-
 def build_glm_image_tokenizer() -> PreTrainedTokenizerFast:
     """The AR tokenizer (`processor/`): vision tokens, byte-level BPE text tokens, GLM-4's special tokens, in the
     real order; bos is the image start (`<|dit_token_128|>`), eos and pad the image end, as in the real one."""
-    merges = _learn_byte_level_merges(ENGLISH_WORD_COUNTS, TEXT_BPE_MERGES)
+    merges = learn_bpe_merges(byte_level_symbols(ENGLISH_WORD_COUNTS), TEXT_BPE_MERGES)
     tokens = [dit_token(index) for index in range(NUM_DIT_TOKENS)]
-    alphabet = _byte_to_unicode()
+    alphabet = byte_to_unicode()
     tokens += [alphabet[byte] for byte in range(256)]
     tokens += [left + right for left, right in merges]
     tokens += GLM_SPECIAL_TOKENS

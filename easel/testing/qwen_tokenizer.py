@@ -37,7 +37,7 @@ QWEN_VOCAB_SIZE = QWEN_FIRST_ADDED_TOKEN_ID + len(QWEN2_5_VL_SPECIAL_TOKENS) + l
 
 
 @functools.cache
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """GPT-2's byte-level alphabet: printable bytes stand for themselves, the others for chr(256 + n), in order."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     mapping = {byte: chr(byte) for byte in printable}
@@ -79,7 +79,7 @@ def _merge_of(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
 def qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """The byte-level BPE vocabulary (151643 tokens) and its merges, in rank order. Cached: it takes about 2 s."""
     ranks = _read_bpe_ranks()
-    alphabet = _byte_to_unicode()
+    alphabet = byte_to_unicode()
 
     def to_text(token: bytes) -> str:
         return "".join(alphabet[byte] for byte in token)

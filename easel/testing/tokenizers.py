@@ -9,8 +9,11 @@ import functools
 import math
 import string
 from collections import Counter
+from collections.abc import Mapping
 
 from transformers import CLIPTokenizer, T5Tokenizer
+
+from easel.testing.qwen_tokenizer import byte_to_unicode
 
 # Words of image prompts with made-up but stable frequencies: they only rank the BPE merges and the Unigram pieces.
 ENGLISH_WORD_COUNTS: dict[str, int] = {
@@ -56,12 +59,9 @@ def _byte_symbols() -> tuple[str, ...]:
     return tuple(chr(byte) for byte in printable) + tuple(chr(256 + index) for index in range(len(unprintable)))
 
 
-def _learn_bpe_merges(word_counts: dict[str, int], max_merges: int) -> list[tuple[str, str]]:
-    """Classic BPE training over whole words ending in `</w>`: merge the most frequent adjacent pair each round.
-
-    Ties are broken by the pair itself, so the result depends on nothing but the input.
-    """
-    words = {tuple(word[:-1]) + (word[-1] + "</w>",): count for word, count in word_counts.items()}
+def learn_bpe_merges(words: Mapping[tuple[str, ...], int], max_merges: int) -> list[tuple[str, str]]:
+    """BPE training over words given as their symbols (with counts): merge the most frequent adjacent pair each
+    round. Ties are broken by the pair itself, so the result depends on nothing but the input."""
     merges: list[tuple[str, str]] = []
     while len(merges) < max_merges:
         pair_counts: Counter[tuple[str, str]] = Counter()
@@ -74,6 +74,18 @@ def _learn_bpe_merges(word_counts: dict[str, int], max_merges: int) -> list[tupl
         merges.append(best_pair)
         words = {_merge_pair(symbols, best_pair): count for symbols, count in words.items()}
     return merges
+
+
+def end_of_word_symbols(word_counts: Mapping[str, int]) -> dict[tuple[str, ...], int]:
+    """Words as classic (CLIP) BPE starts from them: their characters, the last one marked with `</w>`."""
+    return {tuple(word[:-1]) + (word[-1] + "</w>",): count for word, count in word_counts.items()}
+
+
+def byte_level_symbols(word_counts: Mapping[str, int]) -> dict[tuple[str, ...], int]:
+    """Words as byte-level (GPT-2 style) BPE starts from them: the bytes of " word", each as its printable
+    character."""
+    alphabet = byte_to_unicode()
+    return {tuple(alphabet[byte] for byte in (" " + word).encode()): count for word, count in word_counts.items()}
 
 
 def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
@@ -94,7 +106,7 @@ def build_clip_tokenizer(word_counts: dict[str, int] | None = None) -> CLIPToken
 
     `word_counts` replaces `ENGLISH_WORD_COUNTS` as the words whose merges are learned.
     """
-    merges = _learn_bpe_merges(word_counts or ENGLISH_WORD_COUNTS, CLIP_MAX_MERGES)
+    merges = learn_bpe_merges(end_of_word_symbols(word_counts or ENGLISH_WORD_COUNTS), CLIP_MAX_MERGES)
     tokens = [*_byte_symbols(), *(symbol + "</w>" for symbol in _byte_symbols())]
     tokens += [left + right for left, right in merges]
     tokens += [CLIP_BOS_TOKEN, CLIP_EOS_TOKEN]
