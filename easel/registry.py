@@ -16,6 +16,10 @@ from easel.configs.pipeline_configs.base import PipelineConfig
 from easel.configs.pipeline_configs.flux import FluxKontextPipelineConfig, FluxPipelineConfig
 from easel.configs.pipeline_configs.flux2 import Flux2KleinPipelineConfig, Flux2PipelineConfig
 from easel.configs.pipeline_configs.glm_image import GlmImagePipelineConfig
+from easel.configs.pipeline_configs.hunyuanvideo15 import (
+    HunyuanVideo15ImageToVideoPipelineConfig,
+    HunyuanVideo15PipelineConfig,
+)
 from easel.configs.pipeline_configs.qwen_image import (
     QwenImageEditPipelineConfig,
     QwenImageEditPlusPipelineConfig,
@@ -34,6 +38,11 @@ from easel.configs.sample.base import SamplingParams
 from easel.configs.sample.flux import FluxKontextSamplingParams, FluxSamplingParams, FluxSchnellSamplingParams
 from easel.configs.sample.flux2 import Flux2KleinBaseSamplingParams, Flux2KleinSamplingParams, Flux2SamplingParams
 from easel.configs.sample.glm_image import GlmImageSamplingParams
+from easel.configs.sample.hunyuanvideo15 import (
+    HunyuanVideo15ImageToVideoSamplingParams,
+    HunyuanVideo15SamplingParams,
+    HunyuanVideo15720pSamplingParams,
+)
 from easel.configs.sample.qwen_image import QwenImageEditSamplingParams, QwenImageSamplingParams
 from easel.configs.sample.qwen_image_layered import QwenImageLayeredSamplingParams
 from easel.configs.sample.sd3 import SD3SamplingParams
@@ -277,4 +286,27 @@ register_configs(
     pipeline_config_cls=GlmImagePipelineConfig,
     hf_model_paths=["zai-org/GLM-Image"],
     model_detectors=[lambda index: index["_class_name"] == "GlmImagePipeline"],
+)
+register_configs(
+    model_family="hunyuanvideo-1.5",
+    sampling_param_cls=HunyuanVideo15SamplingParams,
+    pipeline_config_cls=HunyuanVideo15PipelineConfig,
+    hf_model_paths=["hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v"],
+    model_detectors=[lambda index: index["_class_name"] == "HunyuanVideo15Pipeline"],
+)
+register_configs(
+    model_family="hunyuanvideo-1.5-720p",
+    sampling_param_cls=HunyuanVideo15720pSamplingParams,
+    pipeline_config_cls=HunyuanVideo15PipelineConfig,
+    hf_model_paths=["hunyuanvideo-community/HunyuanVideo-1.5-720p_t2v"],
+)
+register_configs(
+    model_family="hunyuanvideo-1.5-i2v",
+    sampling_param_cls=HunyuanVideo15ImageToVideoSamplingParams,
+    pipeline_config_cls=HunyuanVideo15ImageToVideoPipelineConfig,
+    hf_model_paths=[
+        "hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v",
+        "hunyuanvideo-community/HunyuanVideo-1.5-720p_i2v",
+    ],
+    model_detectors=[lambda index: index["_class_name"] == "HunyuanVideo15ImageToVideoPipeline"],
 )

@@ -14,6 +14,7 @@ from easel.testing.flux import (
 )
 from easel.testing.flux2 import FLUX2_BUILDERS
 from easel.testing.glm_image import GLM_IMAGE_BUILDERS
+from easel.testing.hunyuanvideo15 import HUNYUANVIDEO15_BUILDERS
 from easel.testing.qwen_image import QWEN_IMAGE_BUILDERS
 from easel.testing.sd3 import SD3_BUILDERS
 from easel.testing.wan import WAN_BUILDERS
@@ -28,6 +29,7 @@ TINY_PIPELINE_BUILDERS: dict[str, PipelineBuilder] = {
     "flux-kontext": functools.partial(build_flux_pipeline, variant="kontext"),
     **FLUX2_BUILDERS,
     **GLM_IMAGE_BUILDERS,
+    **HUNYUANVIDEO15_BUILDERS,
     **QWEN_IMAGE_BUILDERS,
     **SD3_BUILDERS,
     **WAN_BUILDERS,

@@ -77,6 +77,11 @@ class PipelineConfig:
         """How many images one sample decodes to: one, or e.g. one per layer for a layer-decomposition model."""
         return 1
 
+    def image_encoder_states(self, outputs: Any) -> torch.Tensor:
+        """The image encoder's states that condition the DiT (`ImageEncodingStage`): by default the second-to-last
+        hidden states (Wan2.1-I2V's CLIP)."""
+        return outputs.hidden_states[-2]
+
     def preprocess_condition_image(self, image: Image.Image, batch: Req) -> torch.Tensor:
         """An input image as the VAE takes it, (1, 3, H, W) in [-1, 1]; by default at the requested size."""
         processor = VaeImageProcessor(vae_scale_factor=self.pixel_multiple())

@@ -19,6 +19,17 @@ logger = logging.getLogger(__name__)
 NUM_TRAIN_TIMESTEPS = 1000  # Wan's schedulers: `boundary_ratio` is a fraction of these
 
 
+def fit_frames(batch: Req, step: int) -> None:
+    """A causal video VAE of temporal compression `step` takes `step` k + 1 frames: fit the request's to that, as
+    Diffusers' latent shape does, and say so."""
+    if batch.num_frames < 1:
+        raise InvalidInputError(f"num_frames must be at least 1, got {batch.num_frames}")
+    frames = batch.num_frames // step * step + 1 if batch.num_frames % step != 1 else batch.num_frames
+    if frames != batch.num_frames:
+        logger.warning("num_frames must be 4k + 1 for this VAE: %d adjusted to %d", batch.num_frames, frames)
+    batch.num_frames = frames
+
+
 @dataclasses.dataclass
 class WanPipelineConfig(PipelineConfig):
     """Wan2.1 and Wan2.2 text-to-video; `boundary_ratio` (from model_index.json) switches to the low-noise expert."""
@@ -40,14 +51,7 @@ class WanPipelineConfig(PipelineConfig):
         return self.vae_config.spatial_compression * self.dit_config.patch_size[1]
 
     def prepare_request(self, batch: Req) -> None:
-        """The VAE takes 4k + 1 frames: round down to that, as Diffusers does, and say so."""
-        step = self.vae_config.temporal_compression
-        if batch.num_frames < 1:
-            raise InvalidInputError(f"num_frames must be at least 1, got {batch.num_frames}")
-        frames = batch.num_frames // step * step + 1 if batch.num_frames % step != 1 else batch.num_frames
-        if frames != batch.num_frames:
-            logger.warning("num_frames must be 4k + 1 for this VAE: %d adjusted to %d", batch.num_frames, frames)
-        batch.num_frames = frames
+        fit_frames(batch, self.vae_config.temporal_compression)
 
     def prepare_latent_shape(self, batch: Req) -> tuple[int, ...]:
         scale, step = self.vae_config.spatial_compression, self.vae_config.temporal_compression

@@ -35,6 +35,7 @@ class ComposedPipelineBase:
     pipeline_name: str = ""  # equals `_class_name` in model_index.json
     _required_config_modules: list[str] = []
     _optional_config_modules: list[str] = []  # loaded when model_index.json names them (Wan2.2's transformer_2)
+    image_processor_module = "image_processor"  # the image encoder's processor, as model_index.json names it
 
     def __init__(self, model_path: str | Path, server_args: ServerArgs, modules: dict[str, Any] | None = None):
         self.model_path = Path(model_path)
@@ -151,7 +152,8 @@ class ComposedPipelineBase:
         self.add_stage(InputValidationStage())
         self.add_stage(self._text_encoding_stage())
         if encode_images and "image_encoder" in self.modules:
-            self.add_stage(ImageEncodingStage(self.get_module("image_encoder"), self.get_module("image_processor")))
+            processor = self.get_module(self.image_processor_module)
+            self.add_stage(ImageEncodingStage(self.get_module("image_encoder"), processor))
         if encode_images:
             self.add_stage(ImageVAEEncodingStage(self.get_module("vae")))
 

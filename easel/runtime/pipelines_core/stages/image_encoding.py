@@ -8,7 +8,7 @@ from easel.runtime.server_args import ServerArgs
 
 
 class ImageEncodingStage(PipelineStage):
-    """Runs the image encoder on the input images; its second-to-last hidden states condition the DiT."""
+    """Runs the image encoder on the input images; the states the config picks condition the DiT."""
 
     input_fields = ("condition_images",)
     output_fields = ("image_embeds",)
@@ -20,6 +20,7 @@ class ImageEncodingStage(PipelineStage):
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
         pixels = self.image_processor(images=batch.condition_images, return_tensors="pt")
         pixels = pixels.to(self.image_encoder.device)
-        states = self.image_encoder(**pixels, output_hidden_states=True).hidden_states[-2]  # (N, tokens, D)
+        outputs = self.image_encoder(**pixels, output_hidden_states=True)
+        states = server_args.pipeline_config.image_encoder_states(outputs)  # (N, tokens, D)
         batch.image_embeds = [states.repeat(batch.batch_size, 1, 1)]
         return batch
