@@ -2,15 +2,18 @@
 both text encoders (a quoted text reaches the glyph encoder), CFG as the folder's guider runs it, two sizes and
 frame counts, and image-to-video with inputs of two aspect ratios."""
 
+import json
+import shutil
+
 import diffusers
 import imageio.v3 as iio
 
+from easel import DiffGenerator
 from easel.cli.main import main
-from easel.configs.sample.hunyuanvideo15 import HunyuanVideo15SamplingParams
 from easel.testing.hunyuanvideo15 import load_hunyuanvideo15_reference
 from tests.parity import PipelineParityMixin, input_image
 
-# CFG: Diffusers takes the scale from the folder's guider/config.json, Easel from its sampling default; both 6.
+# CFG at the scale of the folder's guider/guider_config.json, which both engines read.
 VIDEO = {"num_inference_steps": 2}
 
 
@@ -20,9 +23,7 @@ class HunyuanVideo15Parity(PipelineParityMixin):
 
     @classmethod
     def load_reference(cls, folder):
-        reference = load_hunyuanvideo15_reference(folder)
-        assert reference.guider.guidance_scale == HunyuanVideo15SamplingParams.guidance_scale
-        return reference
+        return load_hunyuanvideo15_reference(folder)
 
 
 class TestHunyuanVideo15Parity(HunyuanVideo15Parity):
@@ -60,3 +61,11 @@ def test_cli_writes_mp4s(tiny_pipeline, tmp_path):
         assert frames.shape[0] == 9 and frames.shape[-1] == 3  # 4k + 1
     assert iio.imread(tmp_path / "hunyuanvideo-1.5.mp4").shape[1:3] == (32, 48)
     assert iio.imread(tmp_path / "hunyuanvideo-1.5-i2v.mp4").shape[1:3] == (48, 80)  # the image's bucket
+
+
+def test_the_folders_guider_sets_the_default_cfg_scale(tiny_pipeline, tmp_path):
+    folder = tmp_path / "hv"
+    shutil.copytree(tiny_pipeline("hunyuanvideo-1.5"), folder)
+    config = json.loads((folder / "guider" / "guider_config.json").read_text())
+    (folder / "guider" / "guider_config.json").write_text(json.dumps({**config, "guidance_scale": 2.5}))
+    assert DiffGenerator.from_pretrained(folder, progress_bar=False).sampling_defaults.guidance_scale == 2.5

@@ -1,5 +1,7 @@
 """From a model path to a ready pipeline: resolve the folder, pick pipeline class and family, load modules."""
 
+import json
+
 from easel.configs.sample.base import SamplingParams
 from easel.errors import InvalidInputError, ModelLoadError
 from easel.registry import ModelFamily, resolve_model_family, resolve_pipeline_class
@@ -25,8 +27,14 @@ def load_pipeline(server_args: ServerArgs) -> tuple[ComposedPipelineBase, ModelF
     index = read_model_index(folder)
     pipeline_cls = resolve_pipeline_class(index)
     family = resolve_model_family(folder, index, hf_id)
+    defaults = {}
+    guider = folder / "guider" / "guider_config.json"
+    if "guider" in index and guider.exists():
+        # Diffusers' guiders (HunyuanVideo-1.5's) keep the checkpoint's CFG scale in the folder: the default here.
+        defaults["guidance_scale"] = json.loads(guider.read_text())["guidance_scale"]
+    defaults.update(index.get(SAMPLING_DEFAULTS_KEY, {}))
     try:
-        sampling_defaults = family.sampling_param_cls().updated(**index.get(SAMPLING_DEFAULTS_KEY, {}))
+        sampling_defaults = family.sampling_param_cls().updated(**defaults)
     except InvalidInputError as error:
         raise ModelLoadError(f"{folder / 'model_index.json'}: {SAMPLING_DEFAULTS_KEY}: {error}") from None
     server_args.pipeline_config = family.pipeline_config_cls()
