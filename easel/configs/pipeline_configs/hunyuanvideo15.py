@@ -3,7 +3,8 @@
 
 Image-to-video's first frame (`HunyuanVideo15ImageToVideoPipelineConfig`) enters twice: its VAE latents fill the
 condition channels of the first latent frame, with the mask set there, and SigLIP's tokens of it join the text
-stream (`batch.image_embeds`). Text-to-video gives the DiT 729 all-zero SigLIP tokens, which it masks out.
+stream (`batch.image_embeds`). Text-to-video gives the DiT no image tokens (Diffusers gives 729 zeros, which the
+DiT masks out: the same result).
 """
 
 import dataclasses
@@ -23,8 +24,6 @@ from easel.configs.pipeline_configs.wan import fit_frames
 from easel.runtime.pipelines_core.schedule_batch import Req
 
 logger = logging.getLogger(__name__)
-
-SIGLIP_TOKENS = 729  # SigLIP so400m's tokens of a 384x384 image: 27 x 27 patches
 
 
 @dataclasses.dataclass
@@ -77,9 +76,9 @@ class HunyuanVideo15PipelineConfig(PipelineConfig):
         b, _, f, h, w = x.shape
         return torch.zeros_like(x), x.new_zeros(b, 1, f, h, w)
 
-    def image_embeds(self, batch: Req, x: torch.Tensor) -> torch.Tensor:
-        """SigLIP tokens of the first frame; all zeros (which the DiT masks out) for text-to-video."""
-        return x.new_zeros(x.shape[0], SIGLIP_TOKENS, self.dit_config.image_embed_dim)
+    def image_embeds(self, batch: Req, x: torch.Tensor) -> torch.Tensor | None:
+        """SigLIP tokens of the first frame; none for text-to-video."""
+        return None
 
     def get_decode_scale_and_shift(self) -> tuple[float, None]:
         return self.vae_config.scaling_factor, None

@@ -324,14 +324,15 @@ class HunyuanVideo15Transformer3DModel(BlockStackDiT):
         encoder_attention_mask: torch.Tensor,
         encoder_hidden_states_2: torch.Tensor,
         encoder_attention_mask_2: torch.Tensor,
-        image_embeds: torch.Tensor,
+        image_embeds: torch.Tensor | None,
         freqs_cis: FreqsCis,
     ) -> HunyuanVideo15Stack:
         """
         hidden_states: latents (B, in_channels, F, H, W); timestep: (B,) in [0, 1000]; encoder_hidden_states and
         encoder_attention_mask: the prompt's Qwen2.5-VL states (B, T1, text_embed_dim) and real tokens (B, T1);
         encoder_hidden_states_2 / _mask_2: the ByT5 glyphs (B, T2, text_embed_2_dim), (B, T2); image_embeds: SigLIP
-        tokens of the first frame (B, T3, image_embed_dim), all zeros for text-to-video; freqs_cis:
+        tokens of the first frame (B, T3, image_embed_dim), or None for text-to-video (all zeros, as Diffusers' pipeline
+        passes them, mean the same: masked out); freqs_cis:
         `self.rotary_emb(F, H, W)`. The model's output is the predicted velocity (B, out_channels, F, H, W).
         """
         batch, _, frames, height, width = hidden_states.shape
@@ -343,12 +344,14 @@ class HunyuanVideo15Transformer3DModel(BlockStackDiT):
         types = self.cond_type_embed.weight  # (3, D)
         prompt = self.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask) + types[PROMPT]
         glyphs = self.context_embedder_2(encoder_hidden_states_2) + types[GLYPHS]
-        text_to_video = bool(torch.all(image_embeds == 0))
-        image = self.image_embedder(image_embeds) * (0.0 if text_to_video else 1.0) + types[IMAGE]
-        image_mask = torch.full(image.shape[:2], not text_to_video, device=image.device)
-        context, context_mask = _real_tokens_first(
-            (image, glyphs, prompt), (image_mask, encoder_attention_mask_2.bool(), encoder_attention_mask.bool())
-        )
+        streams, masks = [glyphs, prompt], [encoder_attention_mask_2.bool(), encoder_attention_mask.bool()]
+        # Text-to-video has no image tokens. Given as zeros they are only masked keys: the same result, at the cost
+        # of a host sync to tell (None, as Easel's pipeline passes, needs none).
+        if image_embeds is not None and not bool(torch.all(image_embeds == 0)):
+            image = self.image_embedder(image_embeds) + types[IMAGE]
+            streams.insert(0, image)
+            masks.insert(0, torch.ones(image.shape[:2], dtype=torch.bool, device=image.device))
+        context, context_mask = _real_tokens_first(streams, masks, text_start=len(streams) - 2)
 
         # Sequence parallelism as in FLUX: both streams split across the SP group, each on its own.
         shards = (SequenceShard.of(x.shape[1]), SequenceShard.of(context.shape[1]))  # video first, as in attention
@@ -376,20 +379,17 @@ class HunyuanVideo15Transformer3DModel(BlockStackDiT):
 
 
 def _real_tokens_first(
-    streams: tuple[torch.Tensor, ...], masks: tuple[torch.Tensor, ...]
+    streams: list[torch.Tensor], masks: list[torch.Tensor], text_start: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample, the real tokens of each stream in order, then their padding (zeroed, except the image's):
-    (B, T1 + T2 + T3, D) and its mask, as the checkpoints were trained."""
-    rows, row_masks = [], []
-    for sample in range(streams[0].shape[0]):
-        parts = [stream[sample][mask[sample]] for stream, mask in zip(streams, masks, strict=True)]
-        padding = [stream[sample][~mask[sample]] for stream, mask in zip(streams, masks, strict=True)]
-        padding = [padding[0], *(torch.zeros_like(p) for p in padding[1:])]  # the text's padding is zeroed
-        rows.append(torch.cat(parts + padding))
-        row_masks.append(
-            torch.cat([mask[sample][mask[sample]] for mask in masks] + [mask[sample][~mask[sample]] for mask in masks])
-        )
-    return torch.stack(rows), torch.stack(row_masks)
+    """Per sample, the real tokens of each stream in order, then their padding, the text's (streams from
+    `text_start` on) zeroed: (B, T, D) and its mask, as the checkpoints were trained. A stable sort of the joined
+    streams by "is padding" makes that order without leaving the device."""
+    tokens, mask = torch.cat(streams, dim=1), torch.cat(masks, dim=1)  # (B, T, D), (B, T)
+    first_text = sum(stream.shape[1] for stream in streams[:text_start])
+    text_padding = ~mask & (torch.arange(mask.shape[1], device=mask.device) >= first_text)
+    tokens = torch.where(text_padding[..., None], torch.zeros_like(tokens), tokens)
+    order = torch.argsort((~mask).int(), dim=1, stable=True)  # (B, T): real tokens first, each group in order
+    return tokens.gather(1, order[..., None].expand_as(tokens)), mask.gather(1, order)
 
 
 EntryClass = HunyuanVideo15Transformer3DModel

@@ -11,7 +11,7 @@ import torch
 
 from easel.errors import InvalidInputError
 from easel.runtime.pipelines_core.schedule_batch import Req
-from easel.runtime.pipelines_core.stages.dmd_denoising import DmdDenoisingStage, DmdRun, dmd_step
+from easel.runtime.pipelines_core.stages.dmd_denoising import DmdDenoisingStage, DmdRun, renoised
 from easel.runtime.server_args import ServerArgs
 
 
@@ -79,20 +79,20 @@ class CausalDMDRun(DmdRun):
         batch = self.batch
         block, step = self.plan[self.step]
         frames = self.block_frames(block)
-        x, sigmas = self.latents[:, :, frames].clone(), batch.sigmas  # the latents are updated in place
-        velocity = predictions[0]
-        if step is not None:  # a DMD step; a recording forward's output is not needed
-            self.latents[:, :, frames] = dmd_step(x, velocity, sigmas[step], sigmas[step + 1], batch.generator)
+        x0 = None  # a recording forward's output is not needed
+        if step is not None:  # a DMD step, written into the block's latents
+            x0 = self.latents[:, :, frames] - batch.sigmas[step] * predictions[0].float()
+            self.latents[:, :, frames] = renoised(x0, batch.sigmas[step + 1], batch.generator)
         finished = step == len(batch.timesteps) - 1 or block < self.first_denoised
         if finished and batch.block_callback is not None:
             batch.block_callback(self.latents[:, :, frames])
         self.step += 1
-        self.report(lambda: self.predicted_video(frames, x, velocity, step))
+        self.report(lambda: self.predicted_video(frames, x0))
 
-    def predicted_video(self, frames: slice, x: torch.Tensor, velocity: torch.Tensor, step: int | None):
+    def predicted_video(self, frames: slice, x0: torch.Tensor | None) -> torch.Tensor:
         """The video so far with the current block as its step predicts it clean (the latents as they are after a
         recording forward)."""
         video = self.latents.clone()
-        if step is not None:
-            video[:, :, frames] = x - self.batch.sigmas[step] * velocity.float()
+        if x0 is not None:
+            video[:, :, frames] = x0
         return video

@@ -16,13 +16,17 @@ from easel.runtime.server_args import ServerArgs
 def dmd_step(
     x: torch.Tensor, velocity: torch.Tensor, sigma: float, next_sigma: float, generator: torch.Generator
 ) -> torch.Tensor:
-    """One DMD step from x (at `sigma`): the clean latents the velocity gives, noised to `next_sigma` with fresh
-    Gaussian noise (drawn on the CPU, as the initial noise is), or returned as they are when `next_sigma` is 0."""
-    x0 = x - sigma * velocity.float()
-    if next_sigma == 0:
+    """One DMD step from x (at `sigma`): the clean latents the velocity gives, `renoised` to `next_sigma`."""
+    return renoised(x - sigma * velocity.float(), next_sigma, generator)
+
+
+def renoised(x0: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """Clean latents noised to `sigma` with fresh Gaussian noise (drawn on the CPU, as the initial noise is), or
+    returned as they are when `sigma` is 0."""
+    if sigma == 0:
         return x0
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
-    return (1 - next_sigma) * x0 + next_sigma * noise
+    return (1 - sigma) * x0 + sigma * noise
 
 
 class DmdDenoisingStage(DenoisingStage):
