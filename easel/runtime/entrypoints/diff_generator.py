@@ -80,9 +80,9 @@ class FrameBlock:
     output_type: str = "pil"
     paths: list[Path] = dataclasses.field(default_factory=list)  # the files written, each complete at the end
 
-    @property
+    @functools.cached_property
     def frames(self) -> Any:
-        """One list of PIL frames per video ("pil"), or an (N, f, H, W, 3) float array ("np")."""
+        """One list of PIL frames per video ("pil"), or an (N, f, H, W, 3) float array ("np"); converted once."""
         return to_pil(self.pixels) if self.output_type == "pil" else to_numpy(self.pixels)
 
 
@@ -190,12 +190,15 @@ class DiffGenerator:
                 with torch.inference_mode():
                     run.advance(run_passes(run.predict, run.passes()))
                 for block in blocks:
-                    for i, video in enumerate(to_pil(block.pixels) if request.paths else []):
-                        if writers:
-                            writers[i].append(video)
-                        else:
-                            held[i].extend(video)
-                    yield dataclasses.replace(block, paths=request.paths)
+                    block.paths = request.paths
+                    if request.paths:  # the files take PIL frames: the block's own when it holds those
+                        videos = block.frames if block.output_type == "pil" else to_pil(block.pixels)
+                        for i, video in enumerate(videos):
+                            if writers:
+                                writers[i].append(video)
+                            else:
+                                held[i].extend(video)
+                    yield block
                 blocks.clear()
         if held:
             save_outputs(held, request.paths, request.params.fps)

@@ -130,7 +130,7 @@ class GlmImageBeforeDenoisingStage(PipelineStage):
         caches = self.transformer.new_kv_cache()
         for cache in caches:
             cache.read, cache.record = False, True
-        processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor())
+        processor = VaeImageProcessor(vae_scale_factor=config.vae_config.spatial_compression)
         for image, codes in zip(batch.condition_images, condition_codes, strict=True):
             height, width = (side // 16 * 16 for side in image.size[::-1])
             pixels = processor.preprocess(image, height=height, width=width).to(param.device, dtype)
@@ -150,6 +150,3 @@ class GlmImageBeforeDenoisingStage(PipelineStage):
         for cache in caches:
             cache.read, cache.record = True, False
         return caches
-
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
